@@ -1,0 +1,1 @@
+"""The streaming runtime: typed chunks, bounded-queue pipeline, buffers, config and CLI."""

@@ -1,0 +1,3 @@
+from highlightsense.engine.cli import main
+
+raise SystemExit(main())

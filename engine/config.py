@@ -1,0 +1,135 @@
+"""Configuration: the packaged default preset, then a YAML file (--config), then flags.
+
+Unknown keys and bad values are refused by name, in one line.
+"""
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from highlightsense.engine import grid
+from highlightsense.engine.errors import HighlightSenseError
+
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class Config:
+    window_sec: float = 30.0
+    stride_sec: float = 5.0
+    threshold_percentile: float = 99.0
+    nms_window: float = 10.0
+    top_n: int = 20
+    clips: bool = True
+    exact_cuts: bool = False
+    audio_stream: Optional[int] = None
+    batch_size: int = 16
+    chunk_sec: float = 1.0
+    queue_size: int = 8
+
+    @property
+    def window_frames(self) -> int:
+        return grid.window_frames(self.window_sec)
+
+    @property
+    def stride_frames(self) -> int:
+        return grid.stride_frames(self.stride_sec)
+
+    def selection_settings(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in
+                ("window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n")}
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = _TYPES[key]
+    if value is None and kind == Optional[int]:
+        return None
+    ok = {
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        Optional[int]: isinstance(value, int) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+    }[kind]
+    if not ok:
+        want = {float: "a number", int: "a whole number", Optional[int]: "a whole number or null",
+                bool: "true or false"}[kind]
+        raise HighlightSenseError(f"{source}: '{key}' must be {want}, not {value!r}")
+    return float(value) if kind is float else value
+
+
+def _check(cfg: Config) -> Config:
+    def bad(key, why):
+        raise HighlightSenseError(f"config: '{key}' = {getattr(cfg, key)!r} {why}")
+
+    if cfg.window_sec <= 0:
+        bad("window_sec", "must be positive")
+    if cfg.window_frames > grid.PADDED_FRAMES:
+        bad("window_sec", f"must stay under {grid.PADDED_SECONDS} s, the padded length the "
+                          f"model was trained on ({grid.PADDED_FRAMES} frames)")
+    if cfg.stride_frames < 1:
+        bad("stride_sec", f"must be at least one frame ({grid.HOP / grid.FEATURE_RATE:.4f} s)")
+    if not 0 <= cfg.threshold_percentile <= 100:
+        bad("threshold_percentile", "must be between 0 and 100")
+    if cfg.nms_window < 0:
+        bad("nms_window", "must not be negative")
+    for key in ("top_n", "batch_size", "queue_size"):
+        if getattr(cfg, key) < 1:
+            bad(key, "must be at least 1")
+    if not 0 < cfg.chunk_sec <= 600:
+        bad("chunk_sec", "must be above 0 and at most 600")
+    if cfg.audio_stream is not None and cfg.audio_stream < 0:
+        bad("audio_stream", "must be 0 or more (0 is the first audio stream)")
+    return cfg
+
+
+def apply(cfg: Config, values: Dict[str, Any], source: str) -> Config:
+    unknown = sorted(set(values) - set(_TYPES))
+    if unknown:
+        raise HighlightSenseError(
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_TYPES))})")
+    return replace(cfg, **{k: _coerce(k, v, source) for k, v in values.items()})
+
+
+def read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise HighlightSenseError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where else ""
+        raise HighlightSenseError(f"config {path} is not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise HighlightSenseError(f"config {path} must be a mapping of key: value")
+    return data
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A file path, or the name of a packaged preset (configs/NAME.yaml)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    preset = PRESETS / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise HighlightSenseError(f"no config file {name_or_path} (presets: {known})")
+
+
+def load_config(config_file: Optional[str] = None,
+                overrides: Optional[Dict[str, Any]] = None) -> Config:
+    cfg = apply(Config(), read_yaml(PRESETS / "default.yaml"), "configs/default.yaml")
+    if config_file:
+        path = resolve_preset(config_file)
+        cfg = apply(cfg, read_yaml(path), str(path))
+    if overrides:
+        cfg = apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "flags")
+    return _check(cfg)

@@ -1,0 +1,152 @@
+"""`detect` and `select`: build the streaming pipeline for one input, run it, choose the
+highlights and write the outputs."""
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import List, Optional
+
+from highlightsense.engine import grid
+from highlightsense.engine.config import Config
+from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.pipeline import Pipeline, PipelineMetrics
+from highlightsense.engine.progress import Progress
+from highlightsense.operators import sinks
+from highlightsense.operators.score import Score
+from highlightsense.operators.select import CollectScores, Selection, WindowScore, select_highlights
+from highlightsense.operators.windows import Windows
+
+log = logging.getLogger("highlightsense")
+
+
+@dataclass
+class DetectResult:
+    out_dir: Path
+    windows: List[WindowScore]
+    selection: Selection
+    highlights: List[dict]
+    metrics: PipelineMetrics
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Creates the folder and proves it is writable before any work is done."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".highlightsense-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise HighlightSenseError(
+            f"cannot write to output folder {out_dir}: {e.strerror}; choose another with --out"
+        ) from None
+    return out_dir
+
+
+def build_scorer(cfg: Config):
+    from highlightsense.model.loudness import LoudnessScorer
+
+    log.info("no --model given: scoring with the weights-free loudness heuristic")
+    return LoudnessScorer()
+
+
+def run_pipeline(source, features, scorer, cfg: Config, progress=None):
+    windows = Windows(cfg.window_frames, cfg.stride_frames,
+                      pad_frames=getattr(scorer, "pad_frames", None) or cfg.window_frames,
+                      batch_size=cfg.batch_size)
+    collect = CollectScores()
+    pipeline = Pipeline(source, [features, windows, Score(scorer), collect],
+                        queue_size=cfg.queue_size, on_progress=progress)
+    metrics = asyncio.run(pipeline.run())
+    return collect.windows, metrics
+
+
+def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True) -> DetectResult:
+    from highlightsense.operators.decode import AudioDecoder
+
+    out_dir = prepare_out_dir(out_dir)
+    source = AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec)
+    scorer = build_scorer(cfg)
+    # The completion marker of an earlier run goes first, so a failed re-run cannot leave a
+    # folder that looks complete but mixes two runs.
+    (out_dir / sinks.SUMMARY_JSON).unlink(missing_ok=True)
+    progress = Progress(source.duration_sec) if show_progress else None
+    windows, metrics = run_pipeline(source, scorer.features(), scorer, cfg, progress)
+    if not windows:
+        raise HighlightSenseError(f"{input_path} contains no audio samples")
+    info = {
+        "source": os.path.abspath(input_path) if os.path.exists(input_path) else input_path,
+        "origin_sec": source.origin_sec,
+        "duration_sec": metrics.position_sec,
+        "has_video": bool(getattr(source, "has_video", False)),
+        "scorer": scorer.name,
+        "corrupt_packets": getattr(source, "corrupt_packets", 0),
+        "gaps_filled_sec": getattr(source, "gaps_filled_sec", 0.0),
+        "wall_sec": metrics.wall_sec,
+    }
+    sinks.write_scores(out_dir, windows)
+    selection, highlights = finish(out_dir, windows, cfg, info)
+    return DetectResult(out_dir, windows, selection, highlights, metrics)
+
+
+def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict):
+    """Selection, plot, clips and the summary: what `detect` ends with and `select` re-runs."""
+    selection = select_highlights(windows, cfg.threshold_percentile, cfg.nms_window, cfg.top_n)
+    confidences = {w.confidence for w in windows}
+    if len(confidences) == 1:
+        log.warning("all %d windows score the same (%.4f): nothing stands out, no clips chosen",
+                    len(windows), windows[0].confidence)
+        selection = Selection(selection.threshold, [], [], [])
+    sinks.plot_scores(out_dir, windows, selection, title=Path(info["source"]).name)
+    clips = cut_clips(out_dir, selection, cfg, info) if cfg.clips and selection.top else None
+    rows = sinks.highlight_rows(selection, clips)
+    sinks.write_clips_csv(out_dir, rows)
+    summary = dict(info)
+    summary.update({
+        "settings": cfg.selection_settings(),
+        "threshold": selection.threshold,
+        "windows": len(windows),
+        "windows_above_threshold": len(selection.above),
+        "after_nms": len(selection.kept),
+        "highlights": rows,
+    })
+    sinks.write_summary(out_dir, summary)
+    return selection, rows
+
+
+def cut_clips(out_dir: Path, selection: Selection, cfg: Config, info: dict):
+    from highlightsense.operators.clips import cut_clips as cut
+
+    clips_dir = out_dir / "clips"
+    clips_dir.mkdir(exist_ok=True)
+    results = cut(info["source"], clips_dir, [(w.start_sec, w.end_sec) for w in selection.top],
+                  origin_sec=info["origin_sec"], exact=cfg.exact_cuts)
+    # Clips an earlier run left beyond this run's count would look like part of this run.
+    keep = {r.path.name for r in results}
+    for old in clips_dir.glob("highlight_*"):
+        if old.name not in keep and old.is_file():
+            old.unlink()
+    return results
+
+
+def reselect(out_dir: Path, cfg: Config) -> tuple:
+    """`select`: selection and clips again from saved scores, without touching the audio."""
+    out_dir = Path(out_dir)
+    if not (out_dir / sinks.SCORES_CSV).exists() or not (out_dir / sinks.SUMMARY_JSON).exists():
+        raise HighlightSenseError(
+            f"{out_dir} holds no finished detect run (no {sinks.SCORES_CSV} and "
+            f"{sinks.SUMMARY_JSON}); run `highlightsense detect INPUT --out {out_dir}` first")
+    windows = sinks.read_scores(out_dir)
+    summary = sinks.read_summary(out_dir)
+    info = {k: v for k, v in summary.items()
+            if k not in ("settings", "threshold", "windows", "windows_above_threshold",
+                         "after_nms", "highlights")}
+    # The scores fix the windows: keep the window settings they were computed with.
+    saved = summary.get("settings", {})
+    cfg = replace(cfg, **{k: saved[k] for k in ("window_sec", "stride_sec") if k in saved})
+    if cfg.clips and not os.path.exists(info["source"]):
+        raise HighlightSenseError(
+            f"the source {info['source']} is gone; clips need it (or pass --no-clips)")
+    (out_dir / sinks.SUMMARY_JSON).unlink()
+    return finish(out_dir, windows, cfg, info)

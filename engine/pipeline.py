@@ -1,0 +1,162 @@
+"""The streaming runtime: a source and a chain of operators joined by bounded asyncio queues.
+
+Each stage is one task. Heavy operators run in a worker thread of the pipeline's own pool (torch
+and numpy release the GIL), so decoding, features and scoring overlap. Queues are bounded: a slow
+stage makes its producers wait, so memory stays flat whatever the stream's length. End of stream
+travels down the chain as a marker and each operator flushes what it holds. The first stage that
+fails stops every stage; cancellation (Ctrl-C) stops them too, without waiting for worker threads
+that are stuck in a blocking call.
+"""
+import asyncio
+import concurrent.futures
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.operator import Operator, Source
+
+_END = object()  # end-of-stream marker
+
+
+@dataclass
+class StageMetrics:
+    name: str
+    chunks_in: int = 0
+    chunks_out: int = 0
+    busy_sec: float = 0.0  # time spent inside the operator's own code
+    queue_depth: int = 0  # items waiting in this stage's input queue now
+    queue_max: int = 0  # the most that ever waited there
+
+
+@dataclass
+class PipelineMetrics:
+    stages: List[StageMetrics]
+    position_sec: float = 0.0  # stream time the source has delivered up to
+    started: float = field(default_factory=time.perf_counter)
+    finished: Optional[float] = None
+
+    @property
+    def wall_sec(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+
+class StageError(HighlightSenseError):
+    """A stage failed; the message names the stage and says what went wrong."""
+
+    def __init__(self, stage: str, error: BaseException):
+        self.stage = stage
+        self.error = error
+        detail = str(error) or type(error).__name__
+        if not isinstance(error, HighlightSenseError):
+            detail = f"{type(error).__name__}: {detail}"
+        super().__init__(f"{stage}: {detail}")
+
+
+class Pipeline:
+    def __init__(self, source: Source, operators: Sequence[Operator], queue_size: int = 8,
+                 on_progress: Optional[Callable[[PipelineMetrics], None]] = None,
+                 progress_interval: float = 0.5):
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.source = source
+        self.operators = list(operators)
+        self.queue_size = queue_size
+        self.on_progress = on_progress
+        self.progress_interval = progress_interval
+        self.metrics = PipelineMetrics(
+            [StageMetrics(source.name)] + [StageMetrics(op.name) for op in self.operators])
+        self._stop = threading.Event()  # tells a blocked source thread to give up early
+
+    async def run(self) -> PipelineMetrics:
+        queues = [asyncio.Queue(self.queue_size) for _ in self.operators]
+        self._queues = queues
+        # One thread per stage: each stage is sequential, and no stage waits for another's thread.
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self.operators) + 1, thread_name_prefix="hs-stage")
+        tasks = [asyncio.create_task(self._run_source(pool), name=self.source.name)]
+        for i, op in enumerate(self.operators):
+            tasks.append(asyncio.create_task(self._run_operator(pool, i), name=op.name))
+        monitor = asyncio.create_task(self._monitor(queues)) if self.on_progress else None
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if task.exception() is not None:
+                        raise StageError(task.get_name(), task.exception()) from task.exception()
+        finally:
+            self._stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if monitor:
+                monitor.cancel()
+                await asyncio.gather(monitor, return_exceptions=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.source.close()
+            self.metrics.finished = time.perf_counter()
+            if self.on_progress:
+                self._update_depths(queues)
+                self.on_progress(self.metrics)
+        return self.metrics
+
+    async def _send(self, stage: int, item) -> None:
+        """Hand item to the stage after `stage` (if any), waiting while its queue is full."""
+        if stage < len(self._queues):
+            queue = self._queues[stage]
+            await queue.put(item)
+            receiver = self.metrics.stages[stage + 1]
+            receiver.queue_max = max(receiver.queue_max, queue.qsize())
+
+    async def _run_source(self, pool) -> None:
+        loop = asyncio.get_running_loop()
+        metrics = self.metrics.stages[0]
+        iterator = iter(self.source)
+
+        def pull():
+            if self._stop.is_set():
+                return _END
+            return next(iterator, _END)
+
+        while True:
+            began = time.perf_counter()
+            chunk = await loop.run_in_executor(pool, pull)
+            metrics.busy_sec += time.perf_counter() - began
+            if chunk is _END:
+                break
+            metrics.chunks_out += 1
+            self.metrics.position_sec = getattr(chunk, "end_sec", self.metrics.position_sec)
+            await self._send(0, chunk)
+        await self._send(0, _END)
+
+    async def _run_operator(self, pool, i: int) -> None:
+        loop = asyncio.get_running_loop()
+        op, metrics, inbox = self.operators[i], self.metrics.stages[i + 1], self._queues[i]
+        while True:
+            item = await inbox.get()
+            ending = item is _END
+            call = op.flush if ending else (lambda item=item: op.process(item))
+            began = time.perf_counter()
+            results = await loop.run_in_executor(pool, call) if op.threaded else call()
+            metrics.busy_sec += time.perf_counter() - began
+            if not ending:
+                metrics.chunks_in += 1
+            for result in results or ():
+                metrics.chunks_out += 1
+                await self._send(i + 1, result)
+            if ending:
+                await self._send(i + 1, _END)
+                return
+
+    def _update_depths(self, queues) -> None:
+        for queue, metrics in zip(queues, self.metrics.stages[1:]):
+            metrics.queue_depth = queue.qsize()
+            metrics.queue_max = max(metrics.queue_max, metrics.queue_depth)
+
+    async def _monitor(self, queues) -> None:
+        while True:
+            self._update_depths(queues)
+            self.on_progress(self.metrics)
+            await asyncio.sleep(self.progress_interval)

@@ -1,0 +1,1 @@
+"""Scorers: the CRNN and its checkpoint loading, and the weights-free loudness scorer."""

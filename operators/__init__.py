@@ -1,0 +1,1 @@
+"""Chunk operators, one module each: decode, features, windows, score, select, sinks, clips."""

@@ -1,0 +1,74 @@
+"""Selection with the seed's semantics: percentile threshold over all window scores, greedy NMS,
+top N. Also the operator that collects scored windows at the end of the pipeline (scores are one
+number per 5 s, small enough to keep for a whole VOD; audio and frames are not kept)."""
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from highlightsense.engine import grid
+from highlightsense.engine.chunks import ScoredWindows
+from highlightsense.engine.operator import Operator
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    index: int
+    start_sec: float
+    end_sec: float
+    confidence: float
+    peak_sec: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    threshold: float  # the score at the requested percentile
+    above: List[WindowScore]  # windows scoring >= threshold, in window order
+    kept: List[WindowScore]  # after NMS, by start time
+    top: List[WindowScore]  # the top N of kept, by confidence (ties: earlier first)
+
+
+def apply_nms(detections: Sequence[WindowScore], nms_window: float) -> List[WindowScore]:
+    """The seed's greedy NMS: by confidence (stable), keep a window unless it overlaps a kept one
+    in time or starts within nms_window seconds of it. Returns the kept ones by start time."""
+    ranked = sorted(detections, key=lambda d: d.confidence, reverse=True)
+    kept = []
+    for det in ranked:
+        if all(not _suppresses(k, det, nms_window) for k in kept):
+            kept.append(det)
+    return sorted(kept, key=lambda d: d.start_sec)
+
+
+def _suppresses(kept: WindowScore, other: WindowScore, nms_window: float) -> bool:
+    overlaps = min(kept.end_sec, other.end_sec) > max(kept.start_sec, other.start_sec)
+    return overlaps or abs(kept.start_sec - other.start_sec) < nms_window
+
+
+def select_highlights(windows: Sequence[WindowScore], threshold_percentile: float,
+                      nms_window: float, top_n: int) -> Selection:
+    if not windows:
+        return Selection(float("nan"), [], [], [])
+    threshold = float(np.percentile([w.confidence for w in windows], threshold_percentile))
+    above = [w for w in windows if w.confidence >= threshold]
+    kept = apply_nms(above, nms_window)
+    top = sorted(kept, key=lambda d: d.confidence, reverse=True)[:top_n]
+    return Selection(threshold, above, kept, top)
+
+
+class CollectScores(Operator):
+    """The pipeline's last stage: keeps every window's score, in window order."""
+
+    name = "collect"
+    threaded = False  # trivial work: stay on the event loop
+
+    def __init__(self):
+        self.windows: List[WindowScore] = []
+
+    def process(self, scored: ScoredWindows) -> list:
+        start, end = scored.start_sec, scored.end_sec
+        peak = scored.peak_frame * grid.HOP / grid.FEATURE_RATE
+        for i in range(len(scored)):
+            self.windows.append(WindowScore(
+                int(scored.index[i]), float(start[i]), float(end[i]),
+                float(scored.confidence[i]), float(peak[i])))
+        return []
