@@ -80,6 +80,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
         "origin_sec": source.origin_sec,
         "duration_sec": metrics.position_sec,
         "has_video": bool(getattr(source, "has_video", False)),
+        "audio_stream": cfg.audio_stream,
         "scorer": scorer.name,
         "corrupt_packets": getattr(source, "corrupt_packets", 0),
         "gaps_filled_sec": getattr(source, "gaps_filled_sec", 0.0),
@@ -121,7 +122,8 @@ def cut_clips(out_dir: Path, selection: Selection, cfg: Config, info: dict):
     clips_dir = out_dir / "clips"
     clips_dir.mkdir(exist_ok=True)
     results = cut(info["source"], clips_dir, [(w.start_sec, w.end_sec) for w in selection.top],
-                  origin_sec=info["origin_sec"], exact=cfg.exact_cuts)
+                  origin_sec=info["origin_sec"], exact=cfg.exact_cuts,
+                  stream_index=info.get("audio_stream"))
     # Clips an earlier run left beyond this run's count would look like part of this run.
     keep = {r.path.name for r in results}
     for old in clips_dir.glob("highlight_*"):

@@ -1,0 +1,294 @@
+"""The source: decode any audio FFmpeg reads into stereo float32 chunks at 44.1 kHz, streaming.
+
+Stream time counts output samples from the first decoded one, and stays true to the container's
+clock: holes in the audio are filled with silence, corrupt packets are skipped with a warning.
+`origin_sec` maps stream time back to the container's timeline, for cutting clips.
+"""
+import logging
+import os
+import threading
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from highlightsense.engine.chunks import AudioChunk
+from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.grid import AUDIO_RATE
+from highlightsense.engine.operator import Source
+
+log = logging.getLogger("highlightsense")
+
+
+def hms(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def is_cover_art(stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def open_media(path) -> av.container.InputContainer:
+    """Open a file for reading, with the user-facing errors for missing and unreadable files."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise HighlightSenseError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise HighlightSenseError(f"{path} is a folder; give a media file")
+    try:
+        return av.open(path)
+    except av.FFmpegError as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise HighlightSenseError(
+            f"{path} is not a media file FFmpeg can read ({reason})") from None
+
+
+def audio_stream(container, path, stream_index: int | None):
+    """The audio stream to use: the first, or the `stream_index`-th audio stream."""
+    streams = list(container.streams.audio)
+    if not streams:
+        raise HighlightSenseError(f"{path} has no audio stream; give a file with audio")
+    index = 0 if stream_index is None else stream_index
+    if not 0 <= index < len(streams):
+        listing = "; ".join(f"{i}: {_describe(s)}" for i, s in enumerate(streams))
+        raise HighlightSenseError(
+            f"{path} has no audio stream {stream_index}; its audio streams are {listing}")
+    return streams[index]
+
+
+def _describe(stream) -> str:
+    cc = stream.codec_context
+    lang = stream.metadata.get("language")
+    text = f"{cc.name} {cc.sample_rate} Hz {cc.channels} ch"
+    return f"{text} ({lang})" if lang else text
+
+
+def _seconds(value, time_base) -> float | None:
+    return float(value * time_base) if value is not None and time_base else None
+
+
+def probe(path) -> dict:
+    """What a media file holds: format, duration and its streams."""
+    with open_media(path) as container:
+        streams = []
+        for s in container.streams:
+            entry = {"index": s.index, "type": s.type, "codec": s.codec_context.name,
+                     "start_sec": _seconds(s.start_time, s.time_base),
+                     "duration_sec": _seconds(s.duration, s.time_base)}
+            if s.type == "audio":
+                entry.update(rate=s.codec_context.sample_rate, channels=s.codec_context.channels)
+            if s.type == "video":
+                entry.update(width=s.codec_context.width, height=s.codec_context.height,
+                             cover_art=is_cover_art(s))
+            streams.append(entry)
+        return {
+            "path": str(path),
+            "format": container.format.name,
+            "start_sec": _seconds(container.start_time, Fraction(1, av.time_base)),
+            "duration_sec": _seconds(container.duration, Fraction(1, av.time_base)),
+            "streams": streams,
+        }
+
+
+class AudioDecoder(Source):
+    """Yields AudioChunk(float32 (2, n), 44100 Hz, start) of about chunk_sec each, contiguous."""
+
+    name = "decode"
+
+    def __init__(self, path, stream_index: int | None = None, chunk_sec: float = 1.0):
+        self.path = str(path)
+        self.chunk_samples = max(1, round(chunk_sec * AUDIO_RATE))
+        self.origin_sec: float | None = None
+        self.gaps_filled_sec = 0.0
+        self.corrupt_packets = 0
+        self._out = 0  # samples handed on to the chunker (resampled, plus silence)
+        self._incident = None  # (packets, stream time) of corrupt packets not yet reported
+        self._lock = threading.Lock()
+        self.container = open_media(self.path)
+        try:
+            self.stream = audio_stream(self.container, self.path, stream_index)
+            self._describe_input()
+            self._frames = self._decoded_frames()
+            # Decode the first frame now: it fixes origin_sec, and an empty file fails here.
+            self._first = next(self._frames, None)
+            if self._first is None:
+                raise HighlightSenseError(f"{self.path} contains no audio samples")
+            t = _seconds(self._first.pts, self._first.time_base or self.stream.time_base)
+            self.origin_sec = t if t is not None else _seconds(self.stream.start_time,
+                                                               self.stream.time_base) or 0.0
+            self.duration_sec = self._duration()
+        except BaseException:
+            self.close()
+            raise
+        self._iterated = False
+
+    def _describe_input(self):
+        cc = self.stream.codec_context
+        self.codec_name = cc.name
+        self.input_rate = cc.sample_rate
+        self.input_channels = cc.channels
+        self.has_video = any(not is_cover_art(v) for v in self.container.streams.video)
+        self.audio_streams = [
+            {"index": i, "stream": a.index, "codec": a.codec_context.name,
+             "rate": a.codec_context.sample_rate, "channels": a.codec_context.channels,
+             "language": a.metadata.get("language")}
+            for i, a in enumerate(self.container.streams.audio)]
+
+    def _duration(self) -> float | None:
+        """Seconds of stream time to expect: up to the container's end when it is known (a .ts
+        only estimates its streams' durations), else the stream's own duration."""
+        c = self.container
+        if c.duration:
+            end = (c.start_time or 0) / av.time_base + c.duration / av.time_base
+            return max(0.0, end - self.origin_sec)
+        return _seconds(self.stream.duration, self.stream.time_base)
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def _stream_time(self, packet) -> float:
+        t = _seconds(packet.pts, packet.time_base)
+        if t is None:
+            return self._out / AUDIO_RATE
+        return t - (self.origin_sec or 0.0)
+
+    def _decoded_frames(self):
+        """Decoded frames of the stream. A packet FFmpeg cannot decode is skipped and counted; a
+        run of them is one incident, reported with the next good frame (self._incident)."""
+        bad, bad_at = 0, 0.0
+        packets = self.container.demux(self.stream)
+        while True:
+            # The pipeline may close() from another thread while a pull is running: it waits for
+            # this packet, and the next pull ends the stream.
+            with self._lock:
+                if self.container is None:
+                    return
+                packet = next(packets, None)
+                if packet is None:
+                    break
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    self.corrupt_packets += 1
+                    if not bad:
+                        bad_at = self._stream_time(packet)
+                    bad += 1
+                    continue
+            if frames and bad:
+                self._incident = (bad, bad_at)
+                bad = 0
+            yield from frames
+        if bad:
+            self._incident = (bad, bad_at)
+            self._report()
+
+    def _report(self, silence: int = 0):
+        """One warning line per incident: corrupt packets skipped, audio missing, or both."""
+        incident, self._incident = self._incident, None
+        if incident:
+            count, at = incident
+            what = "a corrupt audio packet" if count == 1 else f"{count} corrupt audio packets"
+            fill = f"; filled {silence / AUDIO_RATE:.3f} s with silence" if silence else ""
+            log.warning("%s: skipped %s at %s%s", self.path, what, hms(at), fill)
+        elif silence:
+            log.warning("%s: %.3f s of audio missing at %s, filled with silence", self.path,
+                        silence / AUDIO_RATE, hms(self._out / AUDIO_RATE))
+
+    def __iter__(self):
+        if self._iterated:
+            raise RuntimeError("AudioDecoder can be iterated only once")
+        self._iterated = True
+        try:
+            yield from self._chunks()
+        finally:
+            self.close()
+
+    def _chunks(self):
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._emitted = 0  # samples already yielded as chunks
+        resampler = None
+        expected = None  # container time where the next frame should start
+        frame = self._first
+        self._first = None
+        frames = self._frames
+        while frame is not None:
+            t = _seconds(frame.pts, frame.time_base or self.stream.time_base)
+            dur = frame.samples / frame.sample_rate
+            silence = 0
+            if t is not None and expected is not None:
+                tolerance = max(0.002, min(0.010, dur / 2))
+                if t - expected > tolerance:
+                    # Flush so the silence lands after every sample before the hole.
+                    yield from self._take(self._resample(resampler, None))
+                    resampler = None
+                    silence = max(0, round((t - self.origin_sec) * AUDIO_RATE) - self._out)
+                    self._report(silence)
+                    yield from self._silence(silence)
+            if self._incident:
+                self._report()
+            if resampler is None:
+                resampler = self._new_resampler(frame)
+            try:
+                out = self._resample(resampler, frame)
+            except ValueError:  # the input's format changed mid-stream: start a new resampler
+                yield from self._take(self._resample(resampler, None))
+                resampler = self._new_resampler(frame)
+                out = self._resample(resampler, frame)
+            yield from self._take(out)
+            expected = (t if t is not None else expected or 0.0) + dur
+            frame = next(frames, None)
+        if resampler is not None:
+            yield from self._take(self._resample(resampler, None))
+        if self._pending_n:
+            yield self._emit(self._pending_n)
+
+    def _new_resampler(self, frame):
+        # Mono goes through as mono and is copied to both channels later: FFmpeg's upmix would
+        # lower it by 3 dB.
+        self._mono = frame.layout.nb_channels == 1
+        return av.AudioResampler(format="fltp", layout="mono" if self._mono else "stereo",
+                                 rate=AUDIO_RATE)
+
+    def _resample(self, resampler, frame) -> list[np.ndarray]:
+        if resampler is None:
+            return []
+        arrays = [f.to_ndarray() for f in resampler.resample(frame) if f is not None]
+        if self._mono:
+            arrays = [np.repeat(a, 2, axis=0) for a in arrays]
+        return arrays
+
+    def _silence(self, n):
+        self.gaps_filled_sec += n / AUDIO_RATE
+        while n > 0:  # in pieces, so a long hole does not allocate its whole length
+            piece = min(n, self.chunk_samples)
+            yield from self._take([np.zeros((2, piece), dtype=np.float32)])
+            n -= piece
+
+    def _take(self, arrays):
+        """Queue resampled audio and yield every full chunk it completes."""
+        for a in arrays:
+            if a.shape[1] == 0:
+                continue
+            self._pending.append(a)
+            self._pending_n += a.shape[1]
+            self._out += a.shape[1]
+            while self._pending_n >= self.chunk_samples:
+                yield self._emit(self.chunk_samples)
+
+    def _emit(self, n) -> AudioChunk:
+        block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending,
+                                                                               axis=1)
+        samples = np.ascontiguousarray(block[:, :n], dtype=np.float32)
+        rest = block[:, n:]
+        self._pending = [rest] if rest.shape[1] else []
+        self._pending_n = rest.shape[1]
+        chunk = AudioChunk(samples=samples, rate=AUDIO_RATE, start=self._emitted)
+        self._emitted += n
+        return chunk
+
+    def close(self) -> None:
+        with self._lock:
+            container, self.container = self.container, None
+        if container is not None:
+            container.close()
