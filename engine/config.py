@@ -115,7 +115,7 @@ def read_yaml(path: Path) -> Dict[str, Any]:
 def resolve_preset(name_or_path: str) -> Path:
     """A file path, or the name of a packaged preset (configs/NAME.yaml)."""
     path = Path(name_or_path)
-    if path.exists():
+    if path.is_file():
         return path
     preset = PRESETS / f"{name_or_path}.yaml"
     if preset.exists():

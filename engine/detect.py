@@ -48,7 +48,7 @@ def build_scorer(cfg: Config):
     from highlightsense.model.loudness import LoudnessScorer
 
     log.info("no --model given: scoring with the weights-free loudness heuristic")
-    return LoudnessScorer()
+    return LoudnessScorer(window_sec=cfg.window_sec)
 
 
 def run_pipeline(source, features, scorer, cfg: Config, progress=None):

@@ -9,6 +9,7 @@ that are stuck in a blocking call.
 """
 import asyncio
 import concurrent.futures
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,43 @@ class StageError(HighlightSenseError):
         super().__init__(f"{stage}: {detail}")
 
 
+class StageThreads(concurrent.futures.Executor):
+    """Worker threads that never hold up the interpreter's exit.
+
+    concurrent.futures' own pool joins its threads at exit, so one stage stuck in a blocking read
+    (a stalled pipe or network source) would keep a stopped pipeline's process alive.
+    """
+
+    def __init__(self, workers: int):
+        self._jobs = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, daemon=True, name=f"hs-stage-{i}")
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # handed to whoever awaits the future
+                future.set_exception(e)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
 class Pipeline:
     def __init__(self, source: Source, operators: Sequence[Operator], queue_size: int = 8,
                  on_progress: Optional[Callable[[PipelineMetrics], None]] = None,
@@ -73,8 +111,7 @@ class Pipeline:
         queues = [asyncio.Queue(self.queue_size) for _ in self.operators]
         self._queues = queues
         # One thread per stage: each stage is sequential, and no stage waits for another's thread.
-        pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self.operators) + 1, thread_name_prefix="hs-stage")
+        pool = StageThreads(len(self.operators) + 1)
         tasks = [asyncio.create_task(self._run_source(pool), name=self.source.name)]
         for i, op in enumerate(self.operators):
             tasks.append(asyncio.create_task(self._run_operator(pool, i), name=op.name))
@@ -94,7 +131,7 @@ class Pipeline:
             if monitor:
                 monitor.cancel()
                 await asyncio.gather(monitor, return_exceptions=True)
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False)
             self.source.close()
             self.metrics.finished = time.perf_counter()
             if self.on_progress:

@@ -19,7 +19,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = 0.5 if self.tty else every_sec
-        self._last = 0.0
+        self._last = time.monotonic()  # the first line after `every` seconds, not at 0:00
         self._shown = False
 
     def line(self, m: PipelineMetrics) -> str:

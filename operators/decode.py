@@ -105,6 +105,7 @@ class AudioDecoder(Source):
         self._out = 0  # samples handed on to the chunker (resampled, plus silence)
         self._incident = None  # (packets, stream time) of corrupt packets not yet reported
         self._lock = threading.Lock()
+        self._closing = False
         self.container = open_media(self.path)
         try:
             self.stream = audio_stream(self.container, self.path, stream_index)
@@ -158,12 +159,16 @@ class AudioDecoder(Source):
         bad, bad_at = 0, 0.0
         packets = self.container.demux(self.stream)
         while True:
-            # The pipeline may close() from another thread while a pull is running: it waits for
-            # this packet, and the next pull ends the stream.
+            # The pipeline may close() from another thread while a read is blocked here (a stalled
+            # pipe): close() then only marks it, and the read closes the container on return.
             with self._lock:
                 if self.container is None:
                     return
                 packet = next(packets, None)
+                if self._closing:
+                    self.container.close()
+                    self.container = None
+                    return
                 if packet is None:
                     break
                 try:
@@ -288,7 +293,13 @@ class AudioDecoder(Source):
         return chunk
 
     def close(self) -> None:
-        with self._lock:
+        """Closes the file; never waits for a read blocked in another thread (see above)."""
+        self._closing = True
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             container, self.container = self.container, None
+        finally:
+            self._lock.release()
         if container is not None:
             container.close()

@@ -107,7 +107,7 @@ def plot_scores(out_dir: Path, windows: Sequence[WindowScore], selection: Select
     ax.set_xlabel("time (min)")
     ax.set_ylabel("confidence")
     ax.set_title(title)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
     path = Path(out_dir) / PLOT_PNG
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
