@@ -32,6 +32,9 @@ class Progress:
         text += f"  {speed:.1f}x realtime"
         if self.duration and speed > 0 and m.finished is None:
             text += f"  ETA {clock((self.duration - pos) / speed)}"
+        busiest = max(m.stages, key=lambda s: s.busy_sec)
+        if wall > 0 and busiest.busy_sec > 0:  # the stage that sets the pace
+            text += f"  busiest: {busiest.name} {100 * busiest.busy_sec / wall:.0f}%"
         return text
 
     def __call__(self, m: PipelineMetrics) -> None:
