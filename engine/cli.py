@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.memory import keep_large_buffers_out_of_the_heap
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -129,6 +130,7 @@ def _demo(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    keep_large_buffers_out_of_the_heap()  # first thing: before any large buffer comes and goes
     args = parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:

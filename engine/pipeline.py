@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.memory import keep_large_buffers_out_of_the_heap
 from highlightsense.engine.operator import Operator, Source
 
 _END = object()  # end-of-stream marker
@@ -53,6 +54,20 @@ class StageError(HighlightSenseError):
         if not isinstance(error, HighlightSenseError):
             detail = f"{type(error).__name__}: {detail}"
         super().__init__(f"{stage}: {detail}")
+
+
+def _timed(metrics: StageMetrics, fn: Callable) -> Callable:
+    """fn, adding its run time to the stage's busy seconds (measured in the thread that runs it,
+    so time spent waiting for a worker or the event loop does not count)."""
+
+    def call():
+        began = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            metrics.busy_sec += time.perf_counter() - began
+
+    return call
 
 
 class StageThreads(concurrent.futures.Executor):
@@ -106,6 +121,7 @@ class Pipeline:
         self.metrics = PipelineMetrics(
             [StageMetrics(source.name)] + [StageMetrics(op.name) for op in self.operators])
         self._stop = threading.Event()  # tells a blocked source thread to give up early
+        keep_large_buffers_out_of_the_heap()  # before the stage threads make their heaps
 
     async def run(self) -> PipelineMetrics:
         queues = [asyncio.Queue(self.queue_size) for _ in self.operators]
@@ -158,9 +174,7 @@ class Pipeline:
             return next(iterator, _END)
 
         while True:
-            began = time.perf_counter()
-            chunk = await loop.run_in_executor(pool, pull)
-            metrics.busy_sec += time.perf_counter() - began
+            chunk = await loop.run_in_executor(pool, _timed(metrics, pull))
             if chunk is _END:
                 break
             metrics.chunks_out += 1
@@ -174,10 +188,8 @@ class Pipeline:
         while True:
             item = await inbox.get()
             ending = item is _END
-            call = op.flush if ending else (lambda item=item: op.process(item))
-            began = time.perf_counter()
+            call = _timed(metrics, op.flush if ending else (lambda item=item: op.process(item)))
             results = await loop.run_in_executor(pool, call) if op.threaded else call()
-            metrics.busy_sec += time.perf_counter() - began
             if not ending:
                 metrics.chunks_in += 1
             for result in results or ():
