@@ -27,6 +27,11 @@ class Config:
     batch_size: int = 16
     chunk_sec: float = 1.0
     queue_size: int = 8
+    model: Optional[str] = None
+    separator: str = "htdemucs"
+    separator_batch: int = 1
+    device: str = "auto"
+    half: bool = False
 
     @property
     def window_frames(self) -> int:
@@ -46,17 +51,19 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = _TYPES[key]
-    if value is None and kind == Optional[int]:
+    if value is None and kind in (Optional[int], Optional[str]):
         return None
     ok = {
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
         Optional[int]: isinstance(value, int) and not isinstance(value, bool),
         bool: isinstance(value, bool),
+        str: isinstance(value, str) and value != "",
+        Optional[str]: isinstance(value, str) and value != "",
     }[kind]
     if not ok:
         want = {float: "a number", int: "a whole number", Optional[int]: "a whole number or null",
-                bool: "true or false"}[kind]
+                bool: "true or false", str: "a name", Optional[str]: "a path or null"}[kind]
         raise HighlightSenseError(f"{source}: '{key}' must be {want}, not {value!r}")
     return float(value) if kind is float else value
 
@@ -76,7 +83,7 @@ def _check(cfg: Config) -> Config:
         bad("threshold_percentile", "must be between 0 and 100")
     if cfg.nms_window < 0:
         bad("nms_window", "must not be negative")
-    for key in ("top_n", "batch_size", "queue_size"):
+    for key in ("top_n", "batch_size", "queue_size", "separator_batch"):
         if getattr(cfg, key) < 1:
             bad(key, "must be at least 1")
     if not 0 < cfg.chunk_sec <= 600:

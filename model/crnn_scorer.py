@@ -1,0 +1,59 @@
+"""The CRNN as a scorer: batches of padded windows in, confidences and attention peaks out."""
+from typing import Union
+
+import numpy as np
+import torch
+
+from highlightsense.engine import grid
+from highlightsense.engine.chunks import ScoredWindows, WindowBatch
+from highlightsense.model.crnn import TIME_STRIDE, HighlightSenseModel
+
+
+class CrnnScorer:
+    """Scores WindowBatch frames (B, 2, 80, 2583) with a HighlightSenseModel, batch_size windows
+    per forward call, under inference mode on `device`. Confidence is sigmoid(logit) in float64;
+    the peak is the window's most attended frame."""
+
+    name = "crnn"
+    pad_frames = grid.PADDED_FRAMES  # every window padded to the 60 s the model was trained on
+
+    def __init__(self, model: HighlightSenseModel, device: Union[str, torch.device] = "cpu",
+                 batch_size: int = 16):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = max(1, batch_size)
+
+    def features(self):
+        """A new feature operator producing what this scorer reads (from separated stems)."""
+        from highlightsense.operators.mel_features import MelFeatures
+
+        return MelFeatures(device=self.device)
+
+    def logits(self, batch: WindowBatch):
+        """(float64 logits (B,), attention argmax step (B,)) for a batch, self.batch_size at a
+        time, under inference mode on the scorer's device."""
+        logits, steps = [], []
+        with torch.inference_mode():
+            for i in range(0, len(batch), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(batch.frames[i:i + self.batch_size]))
+                m = torch.from_numpy(np.ascontiguousarray(batch.mask[i:i + self.batch_size]))
+                out, att = self.model(x.to(self.device, torch.float32),
+                                      m.to(self.device, torch.float32))
+                logits.append(out[:, 0].double().cpu().numpy())
+                steps.append(att.argmax(dim=1).cpu().numpy())
+        return np.concatenate(logits), np.concatenate(steps)
+
+    def score(self, batch: WindowBatch) -> ScoredWindows:
+        logits, step = self.logits(batch)
+        # Attention step k pools frames [16k, 16k + 16) of the window: its centre is 16k + 8
+        # (rounded up), kept inside the window's real frames.
+        peak = np.minimum(batch.start_frame + TIME_STRIDE * step + TIME_STRIDE // 2,
+                          batch.end_frame - 1)
+        return ScoredWindows(
+            index=batch.index, start_frame=batch.start_frame, end_frame=batch.end_frame,
+            confidence=sigmoid(logits), peak_frame=peak)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float64 sigmoid without overflow warnings for large negative logits."""
+    return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
