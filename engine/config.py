@@ -19,6 +19,7 @@ class Config:
     window_sec: float = 30.0
     stride_sec: float = 5.0
     threshold_percentile: float = 99.0
+    threshold: Optional[float] = None  # absolute threshold: used instead of the percentile
     nms_window: float = 10.0
     top_n: int = 20
     clips: bool = True
@@ -32,6 +33,8 @@ class Config:
     separator_batch: int = 1
     device: str = "auto"
     half: bool = False
+    exact_reference: bool = True
+    hls_fragments: int = 4  # HLS segments fetched at once for URL inputs
 
     @property
     def window_frames(self) -> int:
@@ -43,7 +46,8 @@ class Config:
 
     def selection_settings(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in
-                ("window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n")}
+                ("window_sec", "stride_sec", "threshold_percentile", "threshold", "nms_window",
+                 "top_n")}
 
 
 _TYPES = {f.name: f.type for f in fields(Config)}
@@ -51,21 +55,23 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = _TYPES[key]
-    if value is None and kind in (Optional[int], Optional[str]):
+    if value is None and kind in (Optional[int], Optional[str], Optional[float]):
         return None
     ok = {
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
         Optional[int]: isinstance(value, int) and not isinstance(value, bool),
+        Optional[float]: isinstance(value, (int, float)) and not isinstance(value, bool),
         bool: isinstance(value, bool),
         str: isinstance(value, str) and value != "",
         Optional[str]: isinstance(value, str) and value != "",
     }[kind]
     if not ok:
         want = {float: "a number", int: "a whole number", Optional[int]: "a whole number or null",
+                Optional[float]: "a number or null",
                 bool: "true or false", str: "a name", Optional[str]: "a path or null"}[kind]
         raise HighlightSenseError(f"{source}: '{key}' must be {want}, not {value!r}")
-    return float(value) if kind is float else value
+    return float(value) if kind in (float, Optional[float]) else value
 
 
 def _check(cfg: Config) -> Config:
@@ -81,9 +87,11 @@ def _check(cfg: Config) -> Config:
         bad("stride_sec", f"must be at least one frame ({grid.HOP / grid.FEATURE_RATE:.4f} s)")
     if not 0 <= cfg.threshold_percentile <= 100:
         bad("threshold_percentile", "must be between 0 and 100")
+    if cfg.threshold is not None and not 0 <= cfg.threshold <= 1:
+        bad("threshold", "must be between 0 and 1 (scores are confidences)")
     if cfg.nms_window < 0:
         bad("nms_window", "must not be negative")
-    for key in ("top_n", "batch_size", "queue_size", "separator_batch"):
+    for key in ("top_n", "batch_size", "queue_size", "separator_batch", "hls_fragments"):
         if getattr(cfg, key) < 1:
             bad(key, "must be at least 1")
     if not 0 < cfg.chunk_sec <= 600:

@@ -11,7 +11,8 @@ from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.pipeline import Pipeline, PipelineMetrics
-from highlightsense.engine.progress import Progress
+from highlightsense.engine.operator import Source
+from highlightsense.engine.progress import Progress, clock
 from highlightsense.operators import sinks
 from highlightsense.operators.score import Score
 from highlightsense.operators.select import CollectScores, Selection, WindowScore, select_highlights
@@ -45,36 +46,111 @@ def prepare_out_dir(out_dir: Path) -> Path:
 
 
 def build_scorer(cfg: Config):
-    from highlightsense.model.loudness import LoudnessScorer
+    if cfg.model is None:
+        from highlightsense.model.loudness import LoudnessScorer
 
-    log.info("no --model given: scoring with the weights-free loudness heuristic")
-    return LoudnessScorer(window_sec=cfg.window_sec)
+        log.info("no --model given: scoring with the weights-free loudness heuristic")
+        return LoudnessScorer(window_sec=cfg.window_sec)
+    from highlightsense.model.checkpoint import load_model
+    from highlightsense.model.crnn_scorer import CrnnScorer
+    from highlightsense.model.separator import pick_device
+
+    device = pick_device(cfg.device)
+    return CrnnScorer(load_model(cfg.model, device), device, cfg.batch_size)
 
 
-def run_pipeline(source, features, scorer, cfg: Config, progress=None):
+def build_stages(cfg: Config, scorer, separator_model=None, reference_db=None) -> list:
+    """The operators between the decoder and the windows: what the scorer reads."""
+    if scorer.name != "crnn":
+        return [scorer.features()]  # the loudness scorer listens to the mix: no separation
+    from highlightsense.operators.mel_features import MelFeatures
+    from highlightsense.operators.separate import Separate
+
+    separate = Separate(separator_model or cfg.separator, device=cfg.device,
+                        batch_size=cfg.separator_batch, half=cfg.half)
+    return [separate, MelFeatures(device=scorer.device, reference_db=reference_db)]
+
+
+def run_pipeline(source, stages, scorer, cfg: Config, progress=None):
     windows = Windows(cfg.window_frames, cfg.stride_frames,
                       pad_frames=getattr(scorer, "pad_frames", None) or cfg.window_frames,
                       batch_size=cfg.batch_size)
     collect = CollectScores()
-    pipeline = Pipeline(source, [features, windows, Score(scorer), collect],
+    pipeline = Pipeline(source, [*stages, windows, Score(scorer), collect],
                         queue_size=cfg.queue_size, on_progress=progress)
     metrics = asyncio.run(pipeline.run())
     return collect.windows, metrics
 
 
-def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True) -> DetectResult:
-    from highlightsense.operators.decode import AudioDecoder
+class Prefix(Source):
+    """The first `samples` samples of a source (a second pass over the start of a file)."""
 
+    name = "decode"
+
+    def __init__(self, source: Source, samples: int):
+        self.source, self.samples = source, samples
+        self.duration_sec = samples / grid.AUDIO_RATE
+
+    def __iter__(self):
+        for chunk in self.source:
+            if chunk.start >= self.samples:
+                break
+            if chunk.end > self.samples:
+                chunk = replace(chunk, samples=chunk.samples[..., :self.samples - chunk.start])
+            yield chunk
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def open_source(input_path: str, cfg: Config) -> Source:
+    """The decoder for a media file, or for a URL (resolved with yt-dlp, decoded as it arrives,
+    nothing downloaded first)."""
+    from highlightsense.operators.decode import AudioDecoder
+    from highlightsense.operators.resolve import is_url, open_audio
+
+    if is_url(input_path):
+        return open_audio(input_path, cfg.audio_stream, cfg.chunk_sec, parallel=cfg.hls_fragments)
+    return AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec)
+
+
+def rescore_prefix(input_path: str, cfg: Config, scorer, stages, windows: List[WindowScore],
+                   show_progress: bool) -> List[WindowScore]:
+    """The seed's dB reference is the maximum over the whole VOD, which a stream knows only at
+    its end. The first pass used the maximum so far; windows made before it reached the final
+    one are scored again in a second pass over the start of the file with the final reference."""
+    separate, features = stages
+    exact_from = features.exact_from()
+    redo = [w.index for w in windows if w.index * cfg.stride_frames < exact_from]
+    if not redo:
+        return windows
+    last_frame = max(redo) * cfg.stride_frames + cfg.window_frames - 1
+    # Past the last frame wanted: the features' reach, then every Demucs segment covering it.
+    samples = features.samples_through(last_frame) + separate.warmup_samples
+    log.info("second pass over the first %s (%d windows): the dB reference is now the whole "
+             "VOD's maximum, as in the seed", clock(samples / grid.AUDIO_RATE), len(redo))
+    source = Prefix(open_source(input_path, cfg), samples)
+    again, _ = run_pipeline(
+        source, build_stages(cfg, scorer, separate.model, features.reference_db), scorer, cfg,
+        Progress(source.duration_sec) if show_progress else None)
+    rescored = {w.index: w for w in again if w.index <= max(redo)}
+    return [rescored.get(w.index, w) for w in windows]
+
+
+def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True) -> DetectResult:
     out_dir = prepare_out_dir(out_dir)
-    source = AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec)
+    source = open_source(input_path, cfg)
     scorer = build_scorer(cfg)
+    stages = build_stages(cfg, scorer)
     # The completion marker of an earlier run goes first, so a failed re-run cannot leave a
     # folder that looks complete but mixes two runs.
     (out_dir / sinks.SUMMARY_JSON).unlink(missing_ok=True)
     progress = Progress(source.duration_sec) if show_progress else None
-    windows, metrics = run_pipeline(source, scorer.features(), scorer, cfg, progress)
+    windows, metrics = run_pipeline(source, stages, scorer, cfg, progress)
     if not windows:
         raise HighlightSenseError(f"{input_path} contains no audio samples")
+    if scorer.name == "crnn" and cfg.exact_reference:
+        windows = rescore_prefix(input_path, cfg, scorer, stages, windows, show_progress)
     info = {
         "source": os.path.abspath(input_path) if os.path.exists(input_path) else input_path,
         "origin_sec": source.origin_sec,
@@ -82,10 +158,14 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
         "has_video": bool(getattr(source, "has_video", False)),
         "audio_stream": cfg.audio_stream,
         "scorer": scorer.name,
+        "model": cfg.model and os.path.abspath(cfg.model),
+        "separator": cfg.separator if scorer.name == "crnn" else None,
         "corrupt_packets": getattr(source, "corrupt_packets", 0),
         "gaps_filled_sec": getattr(source, "gaps_filled_sec", 0.0),
         "wall_sec": metrics.wall_sec,
     }
+    if hasattr(source, "timeline"):  # HLS: stream time to each run's timestamps, for clips
+        info["timeline"] = [vars(e) for e in source.timeline]
     sinks.write_scores(out_dir, windows)
     selection, highlights = finish(out_dir, windows, cfg, info)
     return DetectResult(out_dir, windows, selection, highlights, metrics)
@@ -93,7 +173,12 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
 
 def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict):
     """Selection, plot, clips and the summary: what `detect` ends with and `select` re-runs."""
-    selection = select_highlights(windows, cfg.threshold_percentile, cfg.nms_window, cfg.top_n)
+    if cfg.threshold is not None:
+        from highlightsense.operators.online_select import select_above
+
+        selection = select_above(windows, cfg.threshold, cfg.nms_window, cfg.top_n)
+    else:
+        selection = select_highlights(windows, cfg.threshold_percentile, cfg.nms_window, cfg.top_n)
     confidences = {w.confidence for w in windows}
     if len(confidences) == 1:
         log.warning("all %d windows score the same (%.4f): nothing stands out, no clips chosen",
@@ -119,11 +204,20 @@ def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict):
 def cut_clips(out_dir: Path, selection: Selection, cfg: Config, info: dict):
     from highlightsense.operators.clips import cut_clips as cut
 
+    from highlightsense.operators.resolve import is_url
+
     clips_dir = out_dir / "clips"
     clips_dir.mkdir(exist_ok=True)
-    results = cut(info["source"], clips_dir, [(w.start_sec, w.end_sec) for w in selection.top],
-                  origin_sec=info["origin_sec"], exact=cfg.exact_cuts,
-                  stream_index=info.get("audio_stream"))
+    if is_url(info["source"]):  # only each clip's range travels: see operators.remote_clips
+        from highlightsense.operators.remote_clips import cut_url_clips as cut
+        results = cut(info["source"], clips_dir, [(w.start_sec, w.end_sec) for w in selection.top],
+                      origin_sec=info["origin_sec"], timeline=info.get("timeline"),
+                      exact=cfg.exact_cuts, stream_index=info.get("audio_stream"),
+                      parallel=cfg.hls_fragments)
+    else:
+        results = cut(info["source"], clips_dir, [(w.start_sec, w.end_sec) for w in selection.top],
+                      origin_sec=info["origin_sec"], exact=cfg.exact_cuts,
+                      stream_index=info.get("audio_stream"))
     # Clips an earlier run left beyond this run's count would look like part of this run.
     keep = {r.path.name for r in results}
     for old in clips_dir.glob("highlight_*"):
@@ -147,7 +241,9 @@ def reselect(out_dir: Path, cfg: Config) -> tuple:
     # The scores fix the windows: keep the window settings they were computed with.
     saved = summary.get("settings", {})
     cfg = replace(cfg, **{k: saved[k] for k in ("window_sec", "stride_sec") if k in saved})
-    if cfg.clips and not os.path.exists(info["source"]):
+    from highlightsense.operators.resolve import is_url
+
+    if cfg.clips and not is_url(info["source"]) and not os.path.exists(info["source"]):
         raise HighlightSenseError(
             f"the source {info['source']} is gone; clips need it (or pass --no-clips)")
     (out_dir / sinks.SUMMARY_JSON).unlink()

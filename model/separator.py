@@ -1,0 +1,357 @@
+"""Demucs models for the separate operator, and the device to run them on.
+
+A model is named the way demucs names it (`htdemucs`, a bag such as `htdemucs_ft`, a signature,
+`namespace/name` on the HuggingFace hub) and found where demucs 4.1 finds it: its HuggingFace
+cache, then its legacy torch hub cache, and only when neither has it, downloaded where demucs
+downloads it (HuggingFace first). Or it is a local file or folder: a demucs `.th` package, an
+exported `.safetensors`, a bag `.yaml` beside its models, or a demucs repo folder holding one
+bag or one model.
+
+demucs unpickles `.th` files with weights_only=False, which runs whatever code a file carries,
+and its safetensors loader imports whatever class the file names. So demucs's lookup is followed
+here but its loaders are not: `.th` files are read with weights_only=True and only the demucs
+model classes and Fraction allowed, and a `.safetensors` must name one of those classes;
+anything else is refused by name.
+"""
+import hashlib
+import json
+import os
+import pickle
+import re
+import warnings
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+import yaml
+from torch import nn
+
+from demucs.apply import BagOfModels
+from demucs.demucs import Demucs
+from demucs.hdemucs import HDemucs
+from demucs.hf import DEFAULT_NAMESPACE, _decode_json, hf_repo_name
+from demucs.htdemucs import HTDemucs
+from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
+from demucs.states import load_model
+
+from highlightsense.engine.errors import HighlightSenseError
+
+DEFAULT_MODEL = "htdemucs"
+MODEL_CLASSES = {f"{k.__module__}.{k.__name__}": k for k in (HTDemucs, HDemucs, Demucs)}
+SAFE_GLOBALS = [*MODEL_CLASSES.values(), Fraction]
+_SUFFIXES = (".th", ".safetensors", ".yaml")
+
+
+def load_separator(spec: Union[str, os.PathLike] = DEFAULT_MODEL) -> nn.Module:
+    """A demucs model (or BagOfModels) in eval mode on the CPU, from a name or a local path."""
+    path = Path(os.path.expanduser(str(spec)))
+    if path.exists():
+        model = _load_path(path)
+    elif path.suffix in _SUFFIXES or str(spec).startswith((".", "/", "~")):
+        raise HighlightSenseError(f"separator model not found: no file or folder {spec}")
+    else:
+        model = _load_named(str(spec))
+    return model.eval()
+
+
+def pick_device(name: Optional[str] = None) -> torch.device:
+    """The device to separate on: by name, or the first of cuda, mps, cpu that is here."""
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HighlightSenseError(
+            f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise HighlightSenseError(
+                f"--device {name}: this machine has {count} CUDA GPU(s) usable by torch "
+                f"{torch.__version__}; use --device cpu or auto")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise HighlightSenseError(f"--device {name}: MPS is not available here; use cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise HighlightSenseError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_half(device: torch.device, half: bool) -> None:
+    if half and device.type != "cuda":
+        raise HighlightSenseError(
+            f"--half runs on CUDA only, and the separator device is {device}; drop --half")
+
+
+# ---- writing models: the formats the loaders read --------------------------------------------
+
+def _init_args(model: nn.Module):
+    args, kwargs = model._init_args_kwargs  # recorded by demucs's capture_init
+    return list(args), dict(kwargs)
+
+
+def save_package(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+    """Write `model` as a demucs `.th` package (what demucs's own loaders and CLI read)."""
+    args, kwargs = _init_args(model)
+    package = {"klass": type(model), "args": args, "kwargs": kwargs,
+               "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    torch.save(package, path)
+    return Path(path)
+
+
+def _encode_json(value):
+    """Inverse of demucs.hf._decode_json: fractions (HTDemucs's segment) become tagged dicts."""
+    if isinstance(value, Fraction):
+        return {"_type": "fraction", "numerator": value.numerator,
+                "denominator": value.denominator}
+    if isinstance(value, dict):
+        return {k: _encode_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_json(v) for v in value]
+    return value
+
+
+def save_safetensors(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+    """Write `model` as demucs's HuggingFace export does: tensors, class and init args as text."""
+    from safetensors.torch import save_file
+
+    args, kwargs = _init_args(model)
+    klass = type(model)
+    metadata = {"klass": f"{klass.__module__}.{klass.__name__}",
+                "args": json.dumps(_encode_json(args)), "kwargs": json.dumps(_encode_json(kwargs))}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=metadata)
+    return Path(path)
+
+
+# ---- local files and folders -----------------------------------------------------------------
+
+def _load_path(path: Path) -> nn.Module:
+    if path.is_dir():
+        return _load_folder(path)
+    if path.suffix == ".th":
+        return _load_th(path)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    if path.suffix == ".yaml":
+        return _load_bag(path, _models_in(path.parent))
+    raise HighlightSenseError(
+        f"{path}: give a demucs .th package, a .safetensors export, a bag .yaml "
+        "or a demucs repo folder")
+
+
+def _models_in(folder: Path) -> Dict[str, Path]:
+    """Model files of a demucs repo folder by signature (`SIG.th`, `SIG-CHECKSUM.th`,
+    `SIG.safetensors`)."""
+    models = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix in (".th", ".safetensors"):
+            sig = file.stem.rsplit("-", 1)[0] if file.suffix == ".th" else file.stem
+            if sig in models:
+                raise HighlightSenseError(
+                    f"{folder} holds two files for model {sig}: {models[sig].name} and "
+                    f"{file.name}; keep one")
+            models[sig] = file
+    return models
+
+
+def _load_folder(folder: Path) -> nn.Module:
+    models = _models_in(folder)
+    bags = sorted(folder.glob("*.yaml"))
+    if len(bags) == 1:
+        return _load_bag(bags[0], models)
+    if not bags and len(models) == 1:
+        return _load_file(next(iter(models.values())))
+    names = [b.name for b in bags] + ([] if bags else [f.name for f in models.values()])
+    if not names:
+        raise HighlightSenseError(f"{folder} holds no demucs model (.th, .safetensors or .yaml)")
+    raise HighlightSenseError(
+        f"{folder} holds several models ({', '.join(names)}); give the path of the one to use")
+
+
+def _load_file(file: Path) -> nn.Module:
+    return _load_th(file) if file.suffix == ".th" else _load_safetensors(file)
+
+
+def _load_bag(yaml_file: Path, models: Dict[str, Path]) -> BagOfModels:
+    with open(yaml_file) as f:
+        bag = yaml.safe_load(f)
+    if not isinstance(bag, dict) or "models" not in bag:
+        raise HighlightSenseError(f"{yaml_file} is not a demucs bag of models (no 'models' list)")
+    missing = [sig for sig in bag["models"] if sig not in models]
+    if missing:
+        raise HighlightSenseError(
+            f"{yaml_file} names model(s) {', '.join(missing)}, not found in {yaml_file.parent}")
+    return BagOfModels([_load_file(models[sig]) for sig in bag["models"]],
+                       bag.get("weights"), bag.get("segment"))
+
+
+def _refused(path, names) -> HighlightSenseError:
+    allowed = ", ".join([*MODEL_CLASSES, "fractions.Fraction"])
+    return HighlightSenseError(
+        f"refusing to load {path}: it holds {', '.join(names)}, which is not a demucs model "
+        f"class (allowed: {allowed}); only load model files you trust")
+
+
+def _unsafe_globals(path, error) -> list:
+    """The globals a refused pickle holds, by name (torch lists them; its message names one)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        names = []
+    return names or re.findall(r"GLOBAL ([\w.]+)", str(error))
+
+
+def _load_th(path: Path) -> nn.Module:
+    """A demucs `.th` package, unpickled with only the demucs model classes and Fraction allowed."""
+    checksum = path.stem.rsplit("-", 1)[1] if "-" in path.stem else None
+    if checksum:  # demucs's repo convention: SIG-CHECKSUM.th carries a sha256 prefix
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()[:len(checksum)]
+        if actual != checksum:
+            raise HighlightSenseError(
+                f"{path} is damaged: its sha256 starts {actual}, its name says {checksum}")
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        try:
+            package = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            names = _unsafe_globals(path, e)
+            if names:
+                raise _refused(path, names) from None
+            raise HighlightSenseError(f"cannot read {path} as a demucs .th package: "
+                                      f"{_one_line(e)}") from None
+        except Exception as e:
+            raise HighlightSenseError(f"cannot read {path} as a demucs .th package: "
+                                      f"{_one_line(e)}") from None
+    return _build(package, path)
+
+
+def _load_safetensors(path: Path) -> nn.Module:
+    """A model exported as demucs's HuggingFace export writes it: tensors plus class and init
+    arguments in the metadata. Only plain (not diffq-quantized) states."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise HighlightSenseError(f"cannot read {path} as safetensors: {e}") from None
+    if "klass" not in metadata:
+        raise HighlightSenseError(f"{path} is not a demucs export: no 'klass' in its metadata")
+    if "structure" in metadata:
+        raise HighlightSenseError(
+            f"{path} is a diffq-quantized model, which needs the diffq package; use an "
+            "unquantized model (htdemucs, htdemucs_ft, ...)")
+    klass = MODEL_CLASSES.get(metadata["klass"])
+    if klass is None:
+        raise _refused(path, [metadata["klass"]])
+    args = _decode_json(json.loads(metadata.get("args", "[]")))
+    kwargs = _decode_json(json.loads(metadata.get("kwargs", "{}")))
+    return _build({"klass": klass, "args": args, "kwargs": kwargs, "state": state}, path)
+
+
+def _build(package, source) -> nn.Module:
+    if not isinstance(package, dict) or not {"klass", "args", "kwargs", "state"} <= set(package):
+        raise HighlightSenseError(
+            f"{source} is not a demucs model package (a dict with klass, args, kwargs, state)")
+    if package["klass"] not in MODEL_CLASSES.values():
+        raise _refused(source, [repr(package["klass"])])
+    if package["state"].get("__quantized"):
+        raise HighlightSenseError(
+            f"{source} is a diffq-quantized model, which needs the diffq package; use an "
+            "unquantized model (htdemucs, htdemucs_ft, ...)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Dropping inexistant parameter": demucs handles it
+        try:
+            return load_model(package)
+        except Exception as e:
+            raise HighlightSenseError(
+                f"{source}: cannot build {package['klass'].__name__} from it: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+# ---- by name, from demucs's caches or its download locations ---------------------------------
+
+def _one_line(e: BaseException) -> str:
+    """An error's type and first sentence, for a one-line message."""
+    text = str(e).strip().split("\n")[0].split(". ")[0][:100].strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _from_hf(name: str, local_only: bool) -> BagOfModels:
+    """As demucs.hf.get_hf_model: the bag's yaml and one safetensors per model, through the
+    HuggingFace cache (downloaded there unless local_only)."""
+    from huggingface_hub import hf_hub_download
+
+    namespace = DEFAULT_NAMESPACE
+    if "/" in name:
+        namespace, name = name.split("/", 1)
+    repo_id = f"{namespace}/{hf_repo_name(name)}"
+
+    def fetch(filename):
+        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
+
+    bag = yaml.safe_load(fetch(f"{name}.yaml").read_text())
+    models = [_load_safetensors(fetch(f"{sig}.safetensors")) for sig in bag["models"]]
+    return BagOfModels(models, bag.get("weights"), bag.get("segment"))
+
+
+def _from_torch_hub(url: str, local_only: bool) -> nn.Module:
+    """As demucs.repo.RemoteRepo: torch hub's cache (downloaded there unless local_only, its
+    hash checked), but unpickled with the allowlist."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if local_only and not cached.exists():
+        raise FileNotFoundError(f"{cached} is not cached")
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        try:
+            package = torch.hub.load_state_dict_from_url(
+                url, map_location="cpu", check_hash=True, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise _refused(cached, _unsafe_globals(cached, e) or ["a global"]) from None
+    return _build(package, cached)
+
+
+def _from_legacy_remote(name: str, local_only: bool) -> nn.Module:
+    """demucs's fallback: the signatures and bags listed in its package's `remote/` folder."""
+    urls = _parse_remote_files(REMOTE_ROOT / "files.txt")
+    if name in urls:
+        return _from_torch_hub(urls[name], local_only)
+    bag_file = REMOTE_ROOT / f"{name}.yaml"
+    if not bag_file.exists():
+        raise KeyError(name)
+    bag = yaml.safe_load(bag_file.read_text())
+    models = [_from_torch_hub(urls[sig], local_only) for sig in bag["models"]]
+    return BagOfModels(models, bag.get("weights"), bag.get("segment"))
+
+
+def _load_named(name: str) -> nn.Module:
+    """Where demucs 4.1 looks, HuggingFace first, then its legacy repo: both caches before any
+    download, so a cached model loads without touching the network."""
+    errors = {}
+    for local_only in (True, False):
+        for where, load in (("HuggingFace", _from_hf), ("legacy", _from_legacy_remote)):
+            if where in errors and not local_only and isinstance(errors[where], KeyError):
+                continue  # not a legacy name: nothing to download there either
+            try:
+                return load(name, local_only)
+            except HighlightSenseError:
+                raise  # a refused or broken file: say so, do not look elsewhere
+            except Exception as e:
+                errors[where] = e
+    if isinstance(errors["legacy"], KeyError):
+        known = sorted(p.stem for p in REMOTE_ROOT.glob("*.yaml"))
+        raise HighlightSenseError(
+            f"{name!r} is not a local file or folder, nor a demucs model name ({', '.join(known)}) "
+            f"and the HuggingFace hub did not give it ({_one_line(errors['HuggingFace'])})")
+    from huggingface_hub import constants
+
+    caches = f"{constants.HF_HUB_CACHE}, {Path(torch.hub.get_dir()) / 'checkpoints'}"
+    raise HighlightSenseError(
+        f"no weights for demucs model {name!r} on this machine (none in {caches}) and "
+        f"downloading failed ({_one_line(errors['HuggingFace'])}; "
+        f"{_one_line(errors['legacy'])}): run once with network access to fetch them, or give "
+        "--separator a local .th, .safetensors or demucs repo folder")

@@ -1,0 +1,84 @@
+"""`detect --model`: decode -> Demucs -> log-mel -> windows -> CRNN, end to end on generated media,
+with a small separator and a small CRNN that the test writes with the real classes."""
+import csv
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from demucs.htdemucs import HTDemucs
+
+from highlightsense.benchmarks.media import write_media
+from highlightsense.benchmarks.synth import SyntheticVod
+from highlightsense.engine.cli import main
+from highlightsense.engine.config import load_config
+from highlightsense.engine.detect import build_scorer, build_stages, run_pipeline
+from highlightsense.model.crnn import CrnnConfig, HighlightSenseModel
+from highlightsense.model.separator import save_package
+from highlightsense.operators.decode import AudioDecoder
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    # The loudest moment comes late, so the running dB reference rises late: the windows
+    # before it need the second pass.
+    vod = SyntheticVod(75, seed=2, moments=[(20.0, 26.0), (60.0, 70.0)], music=[], bangs=[])
+    media = write_media(folder / "vod.m4a", vod.blocks())
+    torch.manual_seed(0)
+    separator = HTDemucs(["drums", "bass", "other", "vocals"], segment=Fraction(2), channels=4,
+                         depth=4, nfft=4096, t_layers=1, t_heads=1, dconv_comp=2)
+    save_package(separator, folder / "tiny.th")
+    crnn = HighlightSenseModel.from_config(CrnnConfig(cnn_channels=(4, 8, 8, 16), rnn_hidden=12,
+                                                      att_dim=6, classifier_hidden=10))
+    torch.save({"model": crnn.state_dict(), "epochs": 1}, folder / "best_model.pt")
+    return media, folder / "tiny.th", folder / "best_model.pt"
+
+
+def scores(out_dir):
+    with open(out_dir / "raw_window_scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return (np.array([float(r["confidence"]) for r in rows]),
+            np.array([float(r["peak_sec"]) for r in rows]),
+            [(float(r["start_sec"]), float(r["end_sec"])) for r in rows])
+
+
+def test_detect_with_model_scores_with_the_whole_vods_reference(files, tmp_path, capsys):
+    media, separator, checkpoint = files
+    code = main(["detect", str(media), "--model", str(checkpoint), "--separator", str(separator),
+                 "--device", "cpu", "--batch-size", "4", "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert "second pass over the first" in capsys.readouterr().err
+    two, peaks, spans = scores(tmp_path / "out")
+
+    # A single pass (what --single-pass gives), then the reference: a pass whose features know
+    # the VOD's final maximum from the start.
+    cfg = load_config(overrides={"model": str(checkpoint), "separator": str(separator),
+                                 "device": "cpu"})
+    scorer = build_scorer(cfg)
+    first = build_stages(cfg, scorer)
+    one, _ = run_pipeline(AudioDecoder(str(media)), first, scorer, cfg)
+    one = np.array([w.confidence for w in one])
+    assert first[1].exact_from() > 0  # the loudest frame came after the first window
+    known = build_stages(cfg, scorer, reference_db=first[1].reference_db)
+    expected, _ = run_pipeline(AudioDecoder(str(media)), known, scorer, cfg)
+    expected = np.array([w.confidence for w in expected])
+
+    assert len(two) == len(expected) == len(one)
+    np.testing.assert_allclose(two, expected, rtol=0, atol=1e-6)
+    assert np.abs(one - expected).max() > 1e-6  # the second pass changed something
+    assert all(start <= peak < end for peak, (start, end) in zip(peaks, spans))
+    assert (tmp_path / "out" / "highlights.json").exists()
+
+
+def test_unavailable_separator_is_one_line(files, tmp_path, capsys, monkeypatch):
+    media, _, checkpoint = files
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["detect", str(media), "--model", str(checkpoint), "--separator", "htdemucs",
+                 "--device", "cpu", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    assert "htdemucs" in err
+    assert not (tmp_path / "o" / "highlights.json").exists()
