@@ -30,12 +30,16 @@ def is_cover_art(stream) -> bool:
 
 
 def open_media(path) -> av.container.InputContainer:
-    """Open a file for reading, with the user-facing errors for missing and unreadable files."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise HighlightSenseError(f"no such file: {path}")
-    if os.path.isdir(path):
-        raise HighlightSenseError(f"{path} is a folder; give a media file")
+    """Open a file for reading, with the user-facing errors for missing and unreadable files.
+
+    A readable file-like object (bytes arriving over the network) is opened as it is; its str()
+    names it in messages."""
+    if not hasattr(path, "read"):
+        path = str(path)
+        if not os.path.exists(path):
+            raise HighlightSenseError(f"no such file: {path}")
+        if os.path.isdir(path):
+            raise HighlightSenseError(f"{path} is a folder; give a media file")
     try:
         return av.open(path)
     except av.FFmpegError as e:
@@ -106,7 +110,7 @@ class AudioDecoder(Source):
         self._incident = None  # (packets, stream time) of corrupt packets not yet reported
         self._lock = threading.Lock()
         self._closing = False
-        self.container = open_media(self.path)
+        self.container = open_media(path)
         try:
             self.stream = audio_stream(self.container, self.path, stream_index)
             self._describe_input()
