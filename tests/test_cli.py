@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine import grid
 from highlightsense.engine.cli import main
 from highlightsense.operators.decode import AudioDecoder
+from processes import wait_for_line
 
 MOMENTS = [(40.0, 50.0), (95.0, 104.0)]
 SEED_SCORE_COLUMNS = ["window_index", "start_sec", "end_sec", "confidence"]
@@ -188,14 +188,16 @@ def test_ctrl_c_stops_promptly_even_while_the_input_stalls(tmp_path):
     with open(fifo, "wb") as writer:  # all the audio, but the pipe stays open: no end of stream
         writer.write(wav.read_bytes())
         writer.flush()
-        time.sleep(3)
-        began = time.monotonic()
-        proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=10)
+            # Once the pipeline runs (the scorer is announced), its decoder blocks on the pipe.
+            err = wait_for_line(proc.stderr, b"scoring with", timeout=60)
+            time.sleep(1)
+            began = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=10)
         finally:
             proc.kill()
     assert time.monotonic() - began < 5
     assert proc.returncode == 130
-    assert b"interrupted" in err
+    assert b"interrupted" in err + rest
     assert not (out / "highlights.json").exists()

@@ -21,6 +21,7 @@ from highlightsense.engine.config import load_config
 from highlightsense.engine.detect import detect
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.watch import WatchOptions, WatchProgress, summary_line, watch
+from processes import wait_for_line
 from highlightsense.operators.online_select import OnlineSelect, select_above
 from highlightsense.operators.select import WindowScore
 
@@ -175,12 +176,16 @@ def test_watch_cli_follows_a_live_stream_until_ctrl_c(vod, server, tmp_path):
         [sys.executable, "-m", "highlightsense", "watch", urls["master"], "--threshold", "0.3",
          "--events", str(events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        # Once it has announced its scorer, the pipeline runs; then wait for the live edge.
+        err = wait_for_line(proc.stderr, b"loudness scorer:", timeout=60)
         deadline = time.monotonic() + 30
         while len(server.requests_for("/slow/a/2.ts")) == 0 and time.monotonic() < deadline:
             time.sleep(0.2)  # until it follows the live playlist
+        time.sleep(1)
         proc.send_signal(signal.SIGINT)
         began = time.monotonic()
-        out, err = proc.communicate(timeout=15)
+        out, rest = proc.communicate(timeout=15)
+        err += rest
     finally:
         proc.kill()
     assert time.monotonic() - began < 5
