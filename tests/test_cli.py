@@ -15,7 +15,7 @@ from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine import grid
 from highlightsense.engine.cli import main
 from highlightsense.operators.decode import AudioDecoder
-from processes import wait_for_line
+from processes import interruptible, wait_for_line
 
 MOMENTS = [(40.0, 50.0), (95.0, 104.0)]
 SEED_SCORE_COLUMNS = ["window_index", "start_sec", "end_sec", "confidence"]
@@ -184,7 +184,8 @@ def test_ctrl_c_stops_promptly_even_while_the_input_stalls(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "highlightsense", "detect", str(fifo), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=interruptible)
     with open(fifo, "wb") as writer:  # all the audio, but the pipe stays open: no end of stream
         writer.write(wav.read_bytes())
         writer.flush()

@@ -21,7 +21,7 @@ from highlightsense.engine.config import load_config
 from highlightsense.engine.detect import detect
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.watch import WatchOptions, WatchProgress, summary_line, watch
-from processes import wait_for_line
+from processes import interruptible, wait_for_line
 from highlightsense.operators.online_select import OnlineSelect, select_above
 from highlightsense.operators.select import WindowScore
 
@@ -174,7 +174,8 @@ def test_watch_cli_follows_a_live_stream_until_ctrl_c(vod, server, tmp_path):
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "highlightsense", "watch", urls["master"], "--threshold", "0.3",
-         "--events", str(events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "--events", str(events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=interruptible)
     try:
         # Once it has announced its scorer, the pipeline runs; then wait for the live edge.
         err = wait_for_line(proc.stderr, b"loudness scorer:", timeout=60)
