@@ -24,7 +24,7 @@ def child(input_path: str, out_dir: str) -> None:
     from highlightsense.engine.detect import detect
     from highlightsense.engine.memory import keep_large_buffers_out_of_the_heap
 
-    keep_large_buffers_out_of_the_heap()  # as the CLI does first thing
+    keep_large_buffers_out_of_the_heap()  # as the CLI does for a run without Demucs
 
     began = time.perf_counter()
     result = detect(input_path, Path(out_dir), load_config(), show_progress=False)

@@ -209,8 +209,9 @@ def _demo(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    keep_large_buffers_out_of_the_heap()  # first thing: before any large buffer comes and goes
     args = parser().parse_args(argv)
+    if getattr(args, "model", None) is None:  # no Demucs in this run (see engine/memory.py)
+        keep_large_buffers_out_of_the_heap()  # before any large buffer comes and goes
     _setup_logging(getattr(args, "quiet", False))
     try:
         return {"detect": _detect, "select": _select, "watch": _watch,

@@ -5,6 +5,10 @@ pipeline's large buffers (a second of audio is ~350 KB) come from per-thread hea
 and the process grows with the stream's length: peak RSS was 26% higher on a 60-minute VOD than on
 a 10-minute one. A fixed threshold keeps such buffers in their own mappings, handed back to the
 system when freed: then 1% (benchmarks/detect_bench.py).
+
+Only for pipelines without Demucs: its large activations would each become a fresh mapping, and
+separation ran at 0.6x its speed in page faults (benchmarks/separation_bench.py); with separation
+the memory is flat without it (60 min / 10 min: 1.005).
 """
 import ctypes
 import sys

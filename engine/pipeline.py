@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.engine.memory import keep_large_buffers_out_of_the_heap
 from highlightsense.engine.operator import Operator, Source
 
 _END = object()  # end-of-stream marker
@@ -121,7 +120,6 @@ class Pipeline:
         self.metrics = PipelineMetrics(
             [StageMetrics(source.name)] + [StageMetrics(op.name) for op in self.operators])
         self._stop = threading.Event()  # tells a blocked source thread to give up early
-        keep_large_buffers_out_of_the_heap()  # before the stage threads make their heaps
 
     async def run(self) -> PipelineMetrics:
         queues = [asyncio.Queue(self.queue_size) for _ in self.operators]

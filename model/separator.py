@@ -208,8 +208,9 @@ def _unsafe_globals(path, error) -> list:
 
 def _load_th(path: Path) -> nn.Module:
     """A demucs `.th` package, unpickled with only the demucs model classes and Fraction allowed."""
-    checksum = path.stem.rsplit("-", 1)[1] if "-" in path.stem else None
-    if checksum:  # demucs's repo convention: SIG-CHECKSUM.th carries a sha256 prefix
+    checksum = path.stem.rsplit("-", 1)[-1]
+    if "-" in path.stem and re.fullmatch(r"[0-9a-f]{8,64}", checksum):
+        # demucs's repo convention: SIG-CHECKSUM.th, CHECKSUM a prefix of the file's sha256
         actual = hashlib.sha256(path.read_bytes()).hexdigest()[:len(checksum)]
         if actual != checksum:
             raise HighlightSenseError(
@@ -217,13 +218,10 @@ def _load_th(path: Path) -> nn.Module:
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
             package = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            names = _unsafe_globals(path, e)
+        except Exception as e:
+            names = _unsafe_globals(path, e) if isinstance(e, pickle.UnpicklingError) else []
             if names:
                 raise _refused(path, names) from None
-            raise HighlightSenseError(f"cannot read {path} as a demucs .th package: "
-                                      f"{_one_line(e)}") from None
-        except Exception as e:
             raise HighlightSenseError(f"cannot read {path} as a demucs .th package: "
                                       f"{_one_line(e)}") from None
     return _build(package, path)

@@ -93,6 +93,7 @@ def test_save_package_is_what_demucs_reads(tmp_path):
 
 def test_th_checksum_in_name_is_checked(tmp_path):
     path = write_th(tiny(), tmp_path / "abc-00000000.th")
+    assert isinstance(load_separator(write_th(tiny(), tmp_path / "my-model.th")), HTDemucs)
     with pytest.raises(HighlightSenseError, match="damaged"):
         load_separator(path)
 
