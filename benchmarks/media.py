@@ -60,7 +60,7 @@ def _codec_rate(codec: str, rate: int) -> int:
 class _AudioTrack:
     """One audio stream being written: blocks in, packets out (the encoder resamples)."""
 
-    def __init__(self, container, codec, rate, channels, sample_fmt):
+    def __init__(self, container, codec, rate, channels, sample_fmt, options=None):
         if channels not in LAYOUTS:
             raise ValueError(f"channels must be one of {sorted(LAYOUTS)}, not {channels}")
         self.rate = rate
@@ -72,6 +72,7 @@ class _AudioTrack:
             self.stream.format = sample_fmt
         if codec == "aac":
             self.stream.options = {"aac_coder": "fast"}  # several times faster; fine for tests
+        self.stream.options = {**self.stream.options, **(options or {})}
         self.written = 0  # samples at `rate` given so far
 
     def encode(self, block) -> list:
@@ -151,7 +152,8 @@ def write_media(path, blocks: Iterable[np.ndarray], rate: int = 44100, channels:
                 fps: int = 10, gop: int | None = None, sample_fmt: str | None = None, *,
                 more_audio: Sequence[Iterable[np.ndarray]] = (),
                 drop: Sequence[tuple[float, float]] = (), start_sec: float = 0.0,
-                audio: bool = True, video_sec: float | None = None, bframes: int = 0) -> Path:
+                audio: bool = True, video_sec: float | None = None, bframes: int = 0,
+                audio_options: dict | None = None) -> Path:
     """Encode `blocks` (float32, shaped (channels, n) at `rate`) into the file at `path`.
 
     Codec and container follow the extension unless `audio_codec` is given. With `video` a small
@@ -161,7 +163,9 @@ def write_media(path, blocks: Iterable[np.ndarray], rate: int = 44100, channels:
       drop: (start, end) second ranges whose audio packets are left out, leaving gaps;
       start_sec: shift every timestamp, so the container timeline starts there;
       audio=False with video_sec: a video-only file of that length;
-      bframes: B-frames in the video (reordered: dts before pts), as real recordings have.
+      bframes: B-frames in the video (reordered: dts before pts), as real recordings have;
+      audio_options: encoder options (e.g. {"aac_pns": "0"}: no noise substitution, whose
+        decoded noise depends on every frame before, so a decode after a seek differs).
     """
     path = Path(path)
     codec = audio_codec or default_audio_codec(path)
@@ -171,7 +175,7 @@ def write_media(path, blocks: Iterable[np.ndarray], rate: int = 44100, channels:
     with av.open(str(path), "w", container_options=options) as container:
         tracks = []
         if audio:
-            tracks.append(_AudioTrack(container, codec, rate, channels, sample_fmt))
+            tracks.append(_AudioTrack(container, codec, rate, channels, sample_fmt, audio_options))
             tracks += [_AudioTrack(container, codec, rate, channels, sample_fmt)
                        for _ in more_audio]
         vtrack = _VideoTrack(container, video_size, fps, gop or 2 * fps, bframes) if video else None

@@ -10,6 +10,7 @@ Errors a user can fix come out as one line on stderr and a non-zero exit status.
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from highlightsense.engine.errors import HighlightSenseError
@@ -79,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
                    help="Demucs segments per forward call (default 1)")
     d.add_argument("--half", action="store_const", const=True,
                    help="float16 separation (CUDA only)")
+    d.add_argument("--max-duration", dest="max_duration_sec", type=_duration, metavar="H:MM:SS",
+                   help="refuse inputs longer than this (default 24:00:00)")
+    d.add_argument("--restart", action="store_true",
+                   help="discard the progress an interrupted run saved in --out and start over "
+                        "(by default the same command continues where it stopped)")
     d.add_argument("--single-pass", dest="exact_reference", action="store_const", const=False,
                    help="skip the second pass over the windows scored before the VOD's loudest "
                         "frame (faster; their dB reference is then lower than the seed's)")
@@ -101,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
 _CONFIG_FLAGS = ("window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n",
                  "clips", "exact_cuts", "audio_stream", "batch_size", "model", "separator",
                  "device", "separator_batch", "half", "exact_reference", "threshold",
-                 "hls_fragments")
+                 "hls_fragments", "max_duration_sec")
 
 
 def _watch_parser(sub) -> None:
@@ -140,6 +146,18 @@ def _watch_parser(sub) -> None:
     w.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
 
 
+def _duration(text: str) -> float:
+    """Seconds from H:MM:SS, MM:SS or a number of seconds."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+        if len(parts) > 3 or any(p < 0 for p in parts):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give H:MM:SS, MM:SS or seconds") from None
+    return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+
+
 def _config(args):
     from highlightsense.engine.config import load_config
 
@@ -162,7 +180,17 @@ def _detect(args) -> int:
     from highlightsense.engine.detect import detect
 
     cfg = _config(args)
-    result = detect(args.input, args.out, cfg, show_progress=not args.quiet)
+    try:
+        result = detect(args.input, args.out, cfg, show_progress=not args.quiet,
+                        restart=args.restart)
+    except KeyboardInterrupt:
+        from highlightsense.engine.resume import RECORD_NAME
+
+        if (Path(args.out) / RECORD_NAME).exists():
+            print(f"\ninterrupted: progress saved in {args.out}; run the same command again to "
+                  f"continue where it stopped", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
     sel = result.selection
     print(f"{len(result.windows)} windows, {len(sel.above)} at or above "
           f"{_threshold_words(cfg, sel)}, {len(sel.kept)} after NMS, "

@@ -35,6 +35,8 @@ class Config:
     half: bool = False
     exact_reference: bool = True
     hls_fragments: int = 4  # HLS segments fetched at once for URL inputs
+    max_duration_sec: Optional[float] = 86400.0  # longer inputs are refused (None: no limit)
+    progress_every_sec: float = 5.0  # how often the progress record is saved
 
     @property
     def window_frames(self) -> int:
@@ -94,6 +96,10 @@ def _check(cfg: Config) -> Config:
     for key in ("top_n", "batch_size", "queue_size", "separator_batch", "hls_fragments"):
         if getattr(cfg, key) < 1:
             bad(key, "must be at least 1")
+    if cfg.max_duration_sec is not None and cfg.max_duration_sec <= 0:
+        bad("max_duration_sec", "must be positive (or null for no limit)")
+    if cfg.progress_every_sec <= 0:
+        bad("progress_every_sec", "must be positive")
     if not 0 < cfg.chunk_sec <= 600:
         bad("chunk_sec", "must be above 0 and at most 600")
     if cfg.audio_stream is not None and cfg.audio_stream < 0:

@@ -13,6 +13,7 @@ from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.pipeline import Pipeline, PipelineMetrics
 from highlightsense.engine.operator import Source
 from highlightsense.engine.progress import Progress, clock
+from highlightsense.engine.resume import Checkpoints, ProgressRecord, fingerprint
 from highlightsense.operators import sinks
 from highlightsense.operators.score import Score
 from highlightsense.operators.select import CollectScores, Selection, WindowScore, select_highlights
@@ -27,7 +28,8 @@ class DetectResult:
     windows: List[WindowScore]
     selection: Selection
     highlights: List[dict]
-    metrics: PipelineMetrics
+    metrics: Optional[PipelineMetrics]  # the first pass's (None when a resume skipped it)
+    resumes: List[dict]  # where each resume of this run began (see ProgressRecord)
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
@@ -59,8 +61,10 @@ def build_scorer(cfg: Config):
     return CrnnScorer(load_model(cfg.model, device), device, cfg.batch_size)
 
 
-def build_stages(cfg: Config, scorer, separator_model=None, reference_db=None) -> list:
-    """The operators between the decoder and the windows: what the scorer reads."""
+def build_stages(cfg: Config, scorer, separator_model=None, reference_db=None, raises=None,
+                 emit_from: int = 0) -> list:
+    """The operators between the decoder and the windows: what the scorer reads. A resumed run
+    passes the features' history (`raises`) and the frame it resumes at (`emit_from`)."""
     if scorer.name != "crnn":
         return [scorer.features()]  # the loudness scorer listens to the mix: no separation
     from highlightsense.operators.mel_features import MelFeatures
@@ -68,16 +72,36 @@ def build_stages(cfg: Config, scorer, separator_model=None, reference_db=None) -
 
     separate = Separate(separator_model or cfg.separator, device=cfg.device,
                         batch_size=cfg.separator_batch, half=cfg.half)
-    return [separate, MelFeatures(device=scorer.device, reference_db=reference_db)]
+    return [separate, MelFeatures(device=scorer.device, reference_db=reference_db, raises=raises,
+                                  emit_from=emit_from)]
 
 
-def run_pipeline(source, stages, scorer, cfg: Config, progress=None):
+def restart_sample(stages: list, frame: int) -> int:
+    """The stream sample a restart must begin at for every stage to give the frames from `frame`
+    on exactly as an uninterrupted run does: each stage, last first, asks for its input early
+    enough to fill its buffers (the features' context, Demucs's segments)."""
+    sample = stages[-1].restart_sample(frame)
+    for stage in reversed(stages[:-1]):
+        sample = stage.restart_sample(sample)
+    return sample
+
+
+def run_pipeline(source, stages, scorer, cfg: Config, progress=None, first_window: int = 0,
+                 collect: Optional[CollectScores] = None, checkpoints=None):
     windows = Windows(cfg.window_frames, cfg.stride_frames,
                       pad_frames=getattr(scorer, "pad_frames", None) or cfg.window_frames,
-                      batch_size=cfg.batch_size)
-    collect = CollectScores()
+                      batch_size=cfg.batch_size, first_index=first_window)
+    collect = collect or CollectScores()
+    hooks = [h for h in (progress, checkpoints) if h]
+
+    def on_progress(metrics):
+        for hook in hooks:
+            hook(metrics)
+
     pipeline = Pipeline(source, [*stages, windows, Score(scorer), collect],
-                        queue_size=cfg.queue_size, on_progress=progress)
+                        queue_size=cfg.queue_size, on_progress=on_progress if hooks else None)
+    start_sec = getattr(source, "start_sample", 0) / grid.AUDIO_RATE
+    pipeline.metrics.start_sec = pipeline.metrics.position_sec = start_sec
     metrics = asyncio.run(pipeline.run())
     return collect.windows, metrics
 
@@ -90,6 +114,7 @@ class Prefix(Source):
     def __init__(self, source: Source, samples: int):
         self.source, self.samples = source, samples
         self.duration_sec = samples / grid.AUDIO_RATE
+        self.start_sample = getattr(source, "start_sample", 0)
 
     def __iter__(self):
         for chunk in self.source:
@@ -103,72 +128,183 @@ class Prefix(Source):
         self.source.close()
 
 
-def open_source(input_path: str, cfg: Config) -> Source:
+class Limited(Source):
+    """A source that must end within `max_sec` of stream time (--max-duration): a stream that
+    runs on past it (a live URL, a file whose header lies) stops the run with an error."""
+
+    name = "decode"
+
+    def __init__(self, source: Source, max_sec: float):
+        self.source, self.max_sec = source, max_sec
+        self.limit = round(max_sec * grid.AUDIO_RATE)
+
+    def __getattr__(self, name):  # origin_sec, duration_sec, sync_points, ... of the source
+        return getattr(self.source, name)
+
+    def __iter__(self):
+        for chunk in self.source:
+            if chunk.end > self.limit:
+                raise HighlightSenseError(
+                    f"the input runs past --max-duration {clock(self.max_sec)}; raise the limit "
+                    f"(--max-duration H:MM:SS) or cut the input")
+            yield chunk
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def open_source(input_path: str, cfg: Config, start_sample: int = 0,
+                sync_points=None) -> Source:
     """The decoder for a media file, or for a URL (resolved with yt-dlp, decoded as it arrives,
-    nothing downloaded first)."""
+    nothing downloaded first). A file can be opened at a later sample (a resumed run)."""
     from highlightsense.operators.decode import AudioDecoder
     from highlightsense.operators.resolve import is_url, open_audio
 
     if is_url(input_path):
-        return open_audio(input_path, cfg.audio_stream, cfg.chunk_sec, parallel=cfg.hls_fragments)
-    return AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec)
+        source = open_audio(input_path, cfg.audio_stream, cfg.chunk_sec,
+                            parallel=cfg.hls_fragments)
+    else:
+        source = AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec,
+                              start_sample=start_sample, sync_points=sync_points)
+    duration = getattr(source, "duration_sec", None)
+    if cfg.max_duration_sec is not None:
+        if duration is not None and duration > cfg.max_duration_sec:
+            source.close()
+            raise HighlightSenseError(
+                f"{input_path} is {clock(duration)} long, over --max-duration "
+                f"{clock(cfg.max_duration_sec)}; raise the limit or cut the input")
+        source = Limited(source, cfg.max_duration_sec)
+    return source
 
 
-def rescore_prefix(input_path: str, cfg: Config, scorer, stages, windows: List[WindowScore],
-                   show_progress: bool) -> List[WindowScore]:
+def _batch_start(count: int, batch_size: int) -> int:
+    """Where a resumed pass starts: the first window of the batch after the last whole one, so
+    its batches hold the same windows as an uninterrupted run's (and score bit for bit alike)."""
+    return count // batch_size * batch_size
+
+
+def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
+               show_progress: bool):
+    """Score every window, from the record's last whole batch on. Returns (windows, source,
+    stages, metrics)."""
+    first = _batch_start(len(record.windows), cfg.batch_size)
+    history = record.features["raises"] if record.features else None
+    stages = build_stages(cfg, scorer, raises=history, emit_from=first * cfg.stride_frames)
+    start = restart_sample(stages, first * cfg.stride_frames) if first else 0
+    source = open_source(input_path, cfg, start, record.decoder.get("sync_points"))
+    if first:
+        record.note_resume(1, first, first * cfg.stride_frames * grid.HOP / grid.FEATURE_RATE,
+                           start / grid.AUDIO_RATE)
+    collect = CollectScores()
+    collect.windows = record.windows[:first]
+    features = stages[-1]
+
+    def snapshot(rec: ProgressRecord) -> None:
+        rec.windows = list(collect.windows)  # first: the history read next then covers them
+        if hasattr(features, "raises"):
+            rec.features = {"raises": features.raises}
+        rec.decoder = {"sync_points": list(getattr(source, "sync_points", ()))}
+
+    progress = Progress(source.duration_sec) if show_progress else None
+    checkpoints = Checkpoints(record, cfg.progress_every_sec, snapshot) if record.enabled else None
+    windows, metrics = run_pipeline(source, stages, scorer, cfg, progress, first, collect,
+                                    checkpoints)
+    return windows, source, stages, metrics
+
+
+def rescore_prefix(input_path: str, cfg: Config, scorer, record: ProgressRecord,
+                   separator_model, show_progress: bool) -> List[WindowScore]:
     """The seed's dB reference is the maximum over the whole VOD, which a stream knows only at
     its end. The first pass used the maximum so far; windows made before it reached the final
     one are scored again in a second pass over the start of the file with the final reference."""
-    separate, features = stages
-    exact_from = features.exact_from()
-    redo = [w.index for w in windows if w.index * cfg.stride_frames < exact_from]
+    windows = record.windows
+    redo = [w.index for w in windows if w.index * cfg.stride_frames < record.exact_from]
     if not redo:
         return windows
-    last_frame = max(redo) * cfg.stride_frames + cfg.window_frames - 1
+    last = max(redo)
+    first = _batch_start(len(record.rescored), cfg.batch_size)
+    reference = record.features["reference_db"]
+    stages = build_stages(cfg, scorer, separator_model, reference,
+                          emit_from=first * cfg.stride_frames)
+    separate, features = stages
+    last_frame = last * cfg.stride_frames + cfg.window_frames - 1
     # Past the last frame wanted: the features' reach, then every Demucs segment covering it.
     samples = features.samples_through(last_frame) + separate.warmup_samples
-    log.info("second pass over the first %s (%d windows): the dB reference is now the whole "
-             "VOD's maximum, as in the seed", clock(samples / grid.AUDIO_RATE), len(redo))
-    source = Prefix(open_source(input_path, cfg), samples)
-    again, _ = run_pipeline(
-        source, build_stages(cfg, scorer, separate.model, features.reference_db), scorer, cfg,
-        Progress(source.duration_sec) if show_progress else None)
-    rescored = {w.index: w for w in again if w.index <= max(redo)}
+    start = restart_sample(stages, first * cfg.stride_frames) if first else 0
+    if first:
+        record.note_resume(2, first, first * cfg.stride_frames * grid.HOP / grid.FEATURE_RATE,
+                           start / grid.AUDIO_RATE)
+    else:
+        log.info("second pass over the first %s (%d windows): the dB reference is now the whole "
+                 "VOD's maximum, as in the seed", clock(samples / grid.AUDIO_RATE), len(redo))
+    source = Prefix(open_source(input_path, cfg, start, record.decoder.get("sync_points")),
+                    samples)
+    collect = CollectScores()
+    collect.windows = record.rescored[:first]
+
+    def snapshot(rec: ProgressRecord) -> None:
+        rec.rescored = [w for w in collect.windows if w.index <= last]
+
+    progress = Progress(source.duration_sec) if show_progress else None
+    checkpoints = Checkpoints(record, cfg.progress_every_sec, snapshot) if record.enabled else None
+    again, _ = run_pipeline(source, stages, scorer, cfg, progress, first, collect, checkpoints)
+    rescored = {w.index: w for w in again if w.index <= last}
     return [rescored.get(w.index, w) for w in windows]
 
 
-def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True) -> DetectResult:
+def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True,
+           restart: bool = False) -> DetectResult:
     out_dir = prepare_out_dir(out_dir)
-    source = open_source(input_path, cfg)
     scorer = build_scorer(cfg)
-    stages = build_stages(cfg, scorer)
+    from highlightsense.operators.resolve import is_url
+
+    device = str(scorer.device) if scorer.name == "crnn" else None
+    record = ProgressRecord.begin(out_dir, fingerprint(input_path, cfg, scorer.name, device),
+                                  restart)
+    record.enabled = not is_url(input_path)  # a URL's stream cannot be reopened at a sample
     # The completion marker of an earlier run goes first, so a failed re-run cannot leave a
     # folder that looks complete but mixes two runs.
     (out_dir / sinks.SUMMARY_JSON).unlink(missing_ok=True)
-    progress = Progress(source.duration_sec) if show_progress else None
-    windows, metrics = run_pipeline(source, stages, scorer, cfg, progress)
-    if not windows:
-        raise HighlightSenseError(f"{input_path} contains no audio samples")
-    if scorer.name == "crnn" and cfg.exact_reference:
-        windows = rescore_prefix(input_path, cfg, scorer, stages, windows, show_progress)
-    info = {
-        "source": os.path.abspath(input_path) if os.path.exists(input_path) else input_path,
-        "origin_sec": source.origin_sec,
-        "duration_sec": metrics.position_sec,
-        "has_video": bool(getattr(source, "has_video", False)),
-        "audio_stream": cfg.audio_stream,
-        "scorer": scorer.name,
-        "model": cfg.model and os.path.abspath(cfg.model),
-        "separator": cfg.separator if scorer.name == "crnn" else None,
-        "corrupt_packets": getattr(source, "corrupt_packets", 0),
-        "gaps_filled_sec": getattr(source, "gaps_filled_sec", 0.0),
-        "wall_sec": metrics.wall_sec,
-    }
-    if hasattr(source, "timeline"):  # HLS: stream time to each run's timestamps, for clips
-        info["timeline"] = [vars(e) for e in source.timeline]
+    separator_model, metrics = None, None
+    if record.phase == 1:
+        windows, source, stages, metrics = first_pass(input_path, cfg, scorer, record,
+                                                      show_progress)
+        if not windows:
+            raise HighlightSenseError(f"{input_path} contains no audio samples")
+        record.windows, record.phase = windows, 2
+        record.info = {
+            "source": os.path.abspath(input_path) if os.path.exists(input_path) else input_path,
+            "origin_sec": source.origin_sec,
+            "duration_sec": metrics.position_sec,
+            "has_video": bool(getattr(source, "has_video", False)),
+            "audio_stream": cfg.audio_stream,
+            "scorer": scorer.name,
+            "model": cfg.model and os.path.abspath(cfg.model),
+            "separator": cfg.separator if scorer.name == "crnn" else None,
+            "corrupt_packets": getattr(source, "corrupt_packets", 0),
+            "gaps_filled_sec": getattr(source, "gaps_filled_sec", 0.0),
+            "wall_sec": metrics.wall_sec,
+        }
+        if hasattr(source, "timeline"):  # HLS: stream time to each run's timestamps, for clips
+            record.info["timeline"] = [vars(e) for e in source.timeline]
+        if scorer.name == "crnn":
+            features = stages[-1]
+            record.features = {"reference_db": features.reference_db, "raises": features.raises}
+            record.exact_from = features.exact_from()
+            separator_model = stages[0].model
+        record.save()
+    windows = record.windows
+    if record.phase == 2:
+        if scorer.name == "crnn" and cfg.exact_reference:
+            windows = rescore_prefix(input_path, cfg, scorer, record, separator_model,
+                                     show_progress)
+        record.windows, record.rescored, record.phase = windows, [], 3
+        record.save()
     sinks.write_scores(out_dir, windows)
+    info = dict(record.info, resumes=record.resumes) if record.resumes else record.info
     selection, highlights = finish(out_dir, windows, cfg, info)
-    return DetectResult(out_dir, windows, selection, highlights, metrics)
+    record.remove()  # the summary is written: the run is complete
+    return DetectResult(out_dir, windows, selection, highlights, metrics, record.resumes)
 
 
 def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict):

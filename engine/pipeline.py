@@ -37,6 +37,8 @@ class PipelineMetrics:
     position_sec: float = 0.0  # stream time the source has delivered up to
     started: float = field(default_factory=time.perf_counter)
     finished: Optional[float] = None
+    failed: bool = False  # set with `finished` when the run stopped on an error or interrupt
+    start_sec: float = 0.0  # stream time the run began at (a resumed run begins later than 0)
 
     @property
     def wall_sec(self) -> float:
@@ -130,13 +132,22 @@ class Pipeline:
         for i, op in enumerate(self.operators):
             tasks.append(asyncio.create_task(self._run_operator(pool, i), name=op.name))
         monitor = asyncio.create_task(self._monitor(queues)) if self.on_progress else None
+        failed = False
         try:
-            pending = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            # The monitor runs until the stages end; its failure (the progress record cannot be
+            # written) stops the run like a stage's.
+            pending = set(tasks) | ({monitor} if monitor else set())
+            while not all(task.done() for task in tasks):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task.exception() is not None:
+                        failed = True
+                        if task is monitor:
+                            raise task.exception()
                         raise StageError(task.get_name(), task.exception()) from task.exception()
+        except BaseException:
+            failed = True
+            raise
         finally:
             self._stop.set()
             for task in tasks:
@@ -150,7 +161,12 @@ class Pipeline:
             self.metrics.finished = time.perf_counter()
             if self.on_progress:
                 self._update_depths(queues)
-                self.on_progress(self.metrics)
+                self.metrics.failed = failed
+                try:
+                    self.on_progress(self.metrics)
+                except Exception:
+                    if not failed:
+                        raise  # else the first error is the one to report
         return self.metrics
 
     async def _send(self, stage: int, item) -> None:

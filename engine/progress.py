@@ -24,7 +24,7 @@ class Progress:
 
     def line(self, m: PipelineMetrics) -> str:
         pos, wall = m.position_sec, m.wall_sec
-        speed = pos / wall if wall > 0 else 0.0
+        speed = (pos - m.start_sec) / wall if wall > 0 else 0.0
         text = f"{clock(pos)}"
         if self.duration:
             pct = min(100.0, 100.0 * pos / self.duration)

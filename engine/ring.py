@@ -43,5 +43,11 @@ class FrameRing:
         slots = (np.arange(start, stop) - self._origin) % self.capacity
         return self._buf[..., slots]
 
+    def start_at(self, index: int) -> None:
+        """Make an empty ring's first frame `index` (a stream that starts later than frame 0)."""
+        if len(self) or self.end:
+            raise ValueError("start_at() is for an empty ring")
+        self.base = self.end = index
+
     def discard_before(self, index: int) -> None:
         self.base = max(self.base, min(index, self.end))

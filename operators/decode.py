@@ -3,9 +3,20 @@
 Stream time counts output samples from the first decoded one, and stays true to the container's
 clock: holes in the audio are filled with silence, corrupt packets are skipped with a warning.
 `origin_sec` maps stream time back to the container's timeline, for cutting clips.
+
+A decoder can also start at a later stream sample (resuming an interrupted run) and give the very
+samples an uninterrupted decode gives from there on. Two things make that exact. The codec needs
+a few frames after a seek to settle, so decoding begins a second or two early. And the
+resampler's output depends on the input sample it began at, so the restart starts it where the
+first run's resampler passed through the same phase: a multiple of input_rate / gcd(input_rate,
+44100) input samples after that one began. Timestamps alone cannot place a sample (Matroska's are
+whole milliseconds), so the first run notes `sync_points` as it goes, each a frame's exact
+timestamp with the count of input samples its resampler had taken before that frame; a restart
+seeks to one and finds that frame again by its timestamp.
 """
 import logging
 import os
+import math
 import threading
 from fractions import Fraction
 
@@ -95,23 +106,44 @@ def probe(path) -> dict:
         }
 
 
+SYNC_EVERY_SEC = 5.0  # how often a decode notes a sync point
+# A restart seeks this far before its sync point's frame, so the codec has settled when it
+# arrives, and begins at a sync point at least RESAMPLER_SETTLE output samples before its start.
+SEEK_BACK_SEC = 2.0
+RESAMPLER_SETTLE = AUDIO_RATE // 10
+
+
 class AudioDecoder(Source):
-    """Yields AudioChunk(float32 (2, n), 44100 Hz, start) of about chunk_sec each, contiguous."""
+    """Yields AudioChunk(float32 (2, n), 44100 Hz, start) of about chunk_sec each, contiguous.
+
+    start_sample: begin at this stream sample (a restart), given the `sync_points` the first
+    run's decoder noted (see the module).
+    """
 
     name = "decode"
 
-    def __init__(self, path, stream_index: int | None = None, chunk_sec: float = 1.0):
+    def __init__(self, path, stream_index: int | None = None, chunk_sec: float = 1.0,
+                 start_sample: int = 0, sync_points=None):
         self.path = str(path)
         self.chunk_samples = max(1, round(chunk_sec * AUDIO_RATE))
         self.origin_sec: float | None = None
         self.gaps_filled_sec = 0.0
         self.corrupt_packets = 0
+        self.start_sample = start_sample
+        self.decoded_from = 0  # the stream sample decoding really began at (restarts begin early)
+        # (frame pts, input samples its resampler had taken before it, stream sample the
+        # resampler began at), one about every SYNC_EVERY_SEC: where restarts can begin.
+        self.sync_points = [tuple(p) for p in sync_points or ()]
+        self._taken = 0  # input samples the current resampler has taken
+        self._resampler_out = 0  # stream sample the current resampler began at
+        self._next_sync = 0  # input samples (of this resampler) at which to note the next one
         self._out = 0  # samples handed on to the chunker (resampled, plus silence)
         self._incident = None  # (packets, stream time) of corrupt packets not yet reported
         self._lock = threading.Lock()
         self._closing = False
         self.container = open_media(path)
         try:
+            self._stream_index = stream_index
             self.stream = audio_stream(self.container, self.path, stream_index)
             self._describe_input()
             self._frames = self._decoded_frames()
@@ -215,12 +247,13 @@ class AudioDecoder(Source):
     def _chunks(self):
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
-        self._emitted = 0  # samples already yielded as chunks
+        self._emitted = self.start_sample  # samples already yielded as chunks, or skipped
         resampler = None
         expected = None  # container time where the next frame should start
-        frame = self._first
+        frame, frames = self._first, self._frames
         self._first = None
-        frames = self._frames
+        if self.start_sample > 0:
+            frame, frames, resampler, expected = self._restart()
         while frame is not None:
             t = _seconds(frame.pts, frame.time_base or self.stream.time_base)
             dur = frame.samples / frame.sample_rate
@@ -252,20 +285,97 @@ class AudioDecoder(Source):
         if self._pending_n:
             yield self._emit(self._pending_n)
 
-    def _new_resampler(self, frame):
+    def _new_resampler(self, frame, taken: int = 0):
+        self._taken, self._next_sync, self._resampler_out = taken, taken, self._out
         # Mono goes through as mono and is copied to both channels later: FFmpeg's upmix would
         # lower it by 3 dB.
         self._mono = frame.layout.nb_channels == 1
         return av.AudioResampler(format="fltp", layout="mono" if self._mono else "stereo",
                                  rate=AUDIO_RATE)
 
+    # -- restarting -------------------------------------------------------------------------------
+
+    def _restart(self):
+        """Set up decoding so that the output from start_sample on is exactly an uninterrupted
+        decode's. Returns (frame, frames, resampler, expected) for _chunks."""
+        usable = [p for p in self.sync_points
+                  if p[2] + p[1] * AUDIO_RATE // self.input_rate
+                  <= self.start_sample - RESAMPLER_SETTLE]
+        for pts, taken, began in reversed(usable[-3:]):  # a few tries, latest first
+            found = self._seek_to_sync(pts, taken, began)
+            if found is not None:
+                return found
+        return self._from_the_start()
+
+    def _from_the_start(self):
+        """Decode from the first frame again, dropping what comes before start_sample."""
+        with self._lock:
+            self.container.close()
+            self.container = open_media(self.path)
+            self.stream = audio_stream(self.container, self.path, self._stream_index)
+        frames = self._decoded_frames()
+        self.decoded_from = 0
+        return next(frames, None), frames, None, None
+
+    def _seek_to_sync(self, pts: int, taken: int, began: int):
+        rate = self.input_rate
+        step = rate // math.gcd(rate, AUDIO_RATE)  # input samples per whole number of outputs
+        time_base = self.stream.time_base
+        seek_sec = float(pts * time_base) - SEEK_BACK_SEC
+        if seek_sec <= self.origin_sec:
+            return None  # no room for the codec to settle: decode from the start
+        with self._lock:
+            self.container.seek(int(seek_sec * av.time_base), backward=True)
+        frames = self._decoded_frames()
+        frame = next(frames, None)
+        if frame is None or frame.pts is None or frame.pts >= pts:
+            return None  # the seek landed on or past the sync frame: the codec may not settle
+        # Timestamps finer than a sample place any frame exactly (a seek into PCM need not
+        # land on the first run's frame edges); coarser ones only name the sync frame itself.
+        exact = time_base <= Fraction(1, rate)
+        while frame is not None and frame.pts != pts:
+            if frame.pts is None or (frame.pts > pts and not exact):
+                return None  # the sync frame is not there (a corrupt packet?)
+            if frame.pts > pts:
+                ahead = (frame.pts - pts) * time_base * rate
+                if ahead.denominator != 1:
+                    return None
+                taken += int(ahead)
+                break
+            frame = next(frames, None)
+        # Begin the resampler at the first input sample in phase with the first run's.
+        begin = -(-taken // step) * step
+        while frame is not None and taken + frame.samples <= begin:
+            taken += frame.samples
+            frame = next(frames, None)
+        if frame is None or frame.sample_rate != rate:
+            return None
+        skip = begin - taken
+        t = _seconds(frame.pts, frame.time_base or time_base) + skip / rate
+        frame = _drop_leading(frame, skip)
+        self._out = began + begin // step * (AUDIO_RATE // math.gcd(rate, AUDIO_RATE))
+        self.decoded_from = self._out
+        resampler = self._new_resampler(frame, taken=begin)
+        self._resampler_out = began
+        return frame, frames, resampler, t
+
     def _resample(self, resampler, frame) -> list[np.ndarray]:
         if resampler is None:
             return []
         arrays = [f.to_ndarray() for f in resampler.resample(frame) if f is not None]
+        if frame is not None:
+            self._note_sync(frame)
+            self._taken += frame.samples
         if self._mono:
             arrays = [np.repeat(a, 2, axis=0) for a in arrays]
         return arrays
+
+    def _note_sync(self, frame) -> None:
+        if self._taken < self._next_sync or frame.pts is None:
+            return
+        if not self.sync_points or frame.pts > self.sync_points[-1][0]:
+            self.sync_points.append((frame.pts, self._taken, self._resampler_out))
+        self._next_sync = self._taken + round(SYNC_EVERY_SEC * frame.sample_rate)
 
     def _silence(self, n):
         self.gaps_filled_sec += n / AUDIO_RATE
@@ -275,13 +385,18 @@ class AudioDecoder(Source):
             n -= piece
 
     def _take(self, arrays):
-        """Queue resampled audio and yield every full chunk it completes."""
+        """Queue resampled audio and yield every full chunk it completes (a restart drops what
+        comes before its start sample)."""
         for a in arrays:
             if a.shape[1] == 0:
                 continue
+            before, self._out = self._out, self._out + a.shape[1]
+            if self._out <= self.start_sample:
+                continue
+            if before < self.start_sample:
+                a = a[:, self.start_sample - before:]
             self._pending.append(a)
             self._pending_n += a.shape[1]
-            self._out += a.shape[1]
             while self._pending_n >= self.chunk_samples:
                 yield self._emit(self.chunk_samples)
 
@@ -307,3 +422,16 @@ class AudioDecoder(Source):
             self._lock.release()
         if container is not None:
             container.close()
+
+
+def _drop_leading(frame, n: int):
+    """The frame without its first n samples (a new frame; timestamps are not needed after)."""
+    if n == 0:
+        return frame
+    data = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    data = data[:, n:] if frame.format.is_planar else data[:, n * channels:]
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=frame.format.name,
+                                     layout=frame.layout.name)
+    out.sample_rate = frame.sample_rate
+    return out

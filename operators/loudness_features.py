@@ -144,6 +144,11 @@ class LoudnessFeatures(Operator):
     lookback_sec = (LOOKBACK_BLOCKS + 1) * BLOCK_FRAMES * grid.HOP / grid.FEATURE_RATE
     delay_sec = (NEIGHBOUR_BLOCKS + 2) * BLOCK_FRAMES * grid.HOP / grid.FEATURE_RATE
 
+    @staticmethod
+    def restart_sample(frame: int) -> int:
+        """The 44.1 kHz sample a restart begins at to reproduce the frames from `frame` on."""
+        return restart_sample(frame * grid.AUDIO_RATE // grid.FEATURE_RATE * grid.HOP)
+
     def __init__(self):
         self._framer = CenteredFramer(grid.N_FFT, grid.HOP)
         self._carry = np.zeros(0, np.float32)  # an unpaired 44.1 kHz sample

@@ -120,7 +120,9 @@ class MelFeatures(Operator):
     name = "features"
 
     def __init__(self, device: Union[str, torch.device] = "cpu", rate: int = grid.AUDIO_RATE,
-                 reference_db: Union[None, float, Sequence[float]] = None, stems=STEMS):
+                 reference_db: Union[None, float, Sequence[float]] = None, stems=STEMS,
+                 raises: Optional[Sequence[Sequence[Sequence[float]]]] = None,
+                 emit_from: int = 0):
         self.rate = rate
         self.stems = tuple(stems)
         self.log_mel = LogMel(device)
@@ -128,11 +130,20 @@ class MelFeatures(Operator):
             rate, grid.FEATURE_RATE, len(self.stems), dtype="float32", quality="soxr_hq")
         self._framer = CenteredFramer(grid.N_FFT, grid.HOP)
         start_ref = -math.inf if reference_db is None else reference_db
-        self._ref = torch.tensor(np.broadcast_to(start_ref, len(self.stems)), dtype=torch.float32,
-                                 device=self.log_mel.device)
+        start_ref = np.broadcast_to(start_ref, len(self.stems)).astype(np.float64)
         # Per stem, (frame, reference) each time the reference rose: a running maximum rises
-        # rarely (about log(frames) times on stationary sound), so this stays small.
-        self._raises = [[] for _ in self.stems]
+        # rarely (about log(frames) times on stationary sound), so this stays small. A resumed
+        # run starts from the interrupted one's history before `emit_from`, the frame it resumes
+        # at: the reference there is the last rise's, and exact_from() still speaks for the
+        # whole stream.
+        self._whole_stream = raises is not None
+        self._raises = [[(int(f), float(r)) for f, r in stem if f < emit_from]
+                        for stem in raises or [[]] * len(self.stems)]
+        for stem, history in enumerate(self._raises):
+            if history:
+                start_ref[stem] = max(start_ref[stem], history[-1][1])
+        self._ref = torch.tensor(start_ref, dtype=torch.float32, device=self.log_mel.device)
+        self.emit_from = emit_from
         self._expected = None  # stream sample the next chunk must start at
         self._first_frame = None  # absolute index of the frame-grid point the run starts at
         self._skip = 0  # samples still to drop to reach that point
@@ -143,6 +154,12 @@ class MelFeatures(Operator):
     def reference_db(self) -> List[float]:
         """Each stem's reference so far (dB): what a restart or a second pass carries over."""
         return self._ref.tolist()
+
+    @property
+    def raises(self) -> List[List[tuple]]:
+        """Each stem's (frame, reference) history: what a resumed run carries over (with
+        emit_from, it restores the reference at that frame)."""
+        return [list(stem) for stem in self._raises]
 
     @property
     def samples_per_frame(self) -> int:
@@ -177,7 +194,7 @@ class MelFeatures(Operator):
         within tolerance_db of its reference now (at end of stream: the seed's whole-VOD maximum).
         Frames before it came out under a lower reference, so with a higher floor than the
         seed's; a second pass over them with reference_db=self.reference_db gives the seed's."""
-        frame = self._first_frame or 0
+        frame = 0 if self._whole_stream else self._first_frame or 0
         for stem, raises in enumerate(self._raises):
             final = float(self._ref[stem])
             frame = max(frame, next((f for f, r in raises if r >= final - tolerance_db), frame))
@@ -222,9 +239,12 @@ class MelFeatures(Operator):
         if self._first_frame > 0:  # a restart: its first frames lack their context
             skip = max(0, self.restart_frames - first)
             frames, first = frames[skip:], first + skip
+        first += self._first_frame  # absolute frame index
+        if first < self.emit_from:  # a resumed run: frames before it were scored already
+            skip = min(len(frames), self.emit_from - first)
+            frames, first = frames[skip:], first + skip
         if len(frames) == 0:
             return []
-        first += self._first_frame  # absolute frame index
         db, ref = to_db(self.log_mel.frames(frames), self._ref)
         rose = torch.diff(ref, dim=1, prepend=self._ref[:, None]) > 0
         for stem, j in rose.nonzero().tolist():

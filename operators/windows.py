@@ -5,6 +5,10 @@ arrived; the frames live in a FrameRing holding one window plus one stride. Each
 to `pad_frames` with its own minimum and carries a mask of its real frames, as the seed pads its
 windows to the 60 s training length. Audio shorter than one window gives one window covering all
 of it (the seed's only special case), decided at end of stream.
+
+A restarted stream (a resumed run) begins at `first_index`: frames before that window's first
+frame are dropped, and batches still hold the same windows as an uninterrupted run's when
+first_index is a multiple of batch_size.
 """
 from typing import List
 
@@ -19,7 +23,7 @@ class Windows(Operator):
     name = "windows"
 
     def __init__(self, window_frames: int, stride_frames: int, pad_frames: int,
-                 batch_size: int = 16):
+                 batch_size: int = 16, first_index: int = 0):
         if window_frames < 1 or stride_frames < 1:
             raise ValueError("window and stride must be at least one frame")
         if pad_frames < window_frames:
@@ -29,11 +33,19 @@ class Windows(Operator):
         self.pad_frames = pad_frames
         self.batch_size = max(1, batch_size)
         self.ring = FrameRing(window_frames + stride_frames)
-        self.next_index = 0
+        self.next_index = first_index
+        self._first_frame = first_index * stride_frames
         self._pending = []  # (index, start, end, padded frames, mask) not yet batched
 
     def process(self, chunk: FrameChunk) -> List[WindowBatch]:
-        self.ring.append(chunk.frames, chunk.start)
+        frames, start = chunk.frames, chunk.start
+        if start < self._first_frame:  # a restart's warm-up: before the first window wanted
+            frames, start = frames[..., self._first_frame - start:], self._first_frame
+            if frames.shape[-1] == 0:
+                return []
+        if self.ring.end == 0:
+            self.ring.start_at(start)
+        self.ring.append(frames, start)
         while self.next_index * self.stride_frames + self.window_frames <= self.ring.end:
             start = self.next_index * self.stride_frames
             self._add(self.next_index, start, start + self.window_frames)

@@ -1,0 +1,195 @@
+"""The progress record: what lets an interrupted `detect` continue where it stopped.
+
+While `detect` runs it keeps `.highlightsense-progress.json` in the output folder, rewritten
+atomically every few seconds and when the run stops: the window scores so far, the state the
+streaming stages need to restart exactly (the decoder's sync points, the features' dB reference
+history) and a fingerprint of the input and of every setting that changes a score. Run the same
+command again and it continues from the last record: the stages restart just early enough for
+their buffers to fill (see detect.restart_sample), and the result equals an uninterrupted run's.
+A record made for another input or other settings is refused, or discarded with --restart.
+"""
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from highlightsense.engine.config import Config
+from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.files import write_text
+from highlightsense.operators.select import WindowScore
+
+log = logging.getLogger("highlightsense")
+
+RECORD_NAME = ".highlightsense-progress.json"
+FORMAT = 1
+
+
+def _file_identity(path: str) -> dict:
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _model_identity(path: str) -> dict:
+    """A checkpoint by content: a copy moved into place keeps its scores."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest()}
+
+
+def fingerprint(input_path: str, cfg: Config, scorer_name: str, device: Optional[str]) -> dict:
+    """The input and every setting that changes a score (not the selection settings: those
+    only choose among the scores, and may change between an interruption and the resume)."""
+    from highlightsense import __version__
+
+    source = _file_identity(input_path) if os.path.isfile(input_path) else {"url": input_path}
+    scoring = {"version": __version__, "scorer": scorer_name, "window_sec": cfg.window_sec,
+               "stride_sec": cfg.stride_sec, "audio_stream": cfg.audio_stream,
+               "batch_size": cfg.batch_size}
+    if scorer_name == "crnn":
+        separator = (_model_identity(cfg.separator) if os.path.isfile(cfg.separator)
+                     else cfg.separator)
+        scoring.update(model=_model_identity(cfg.model), separator=separator, device=device,
+                       separator_batch=cfg.separator_batch, half=cfg.half,
+                       exact_reference=cfg.exact_reference)
+    return {"input": source, "scoring": scoring}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> List[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _windows_out(windows: List[WindowScore]) -> list:
+    return [[w.index, w.start_sec, w.end_sec, w.confidence, w.peak_sec] for w in windows]
+
+
+def _windows_in(rows: list) -> List[WindowScore]:
+    return [WindowScore(int(i), float(s), float(e), float(c), float(p)) for i, s, e, c, p in rows]
+
+
+@dataclass
+class ProgressRecord:
+    """Where a run stands. Phases: 1 (scoring), 2 (the second pass: see detect.rescore_prefix),
+    3 (scored: only the selection, clips and summary remain)."""
+
+    path: Path
+    fingerprint: dict
+    phase: int = 1
+    windows: List[WindowScore] = field(default_factory=list)  # the first pass's, in order
+    rescored: List[WindowScore] = field(default_factory=list)  # the second pass's, in order
+    decoder: dict = field(default_factory=dict)  # sync points and counters (AudioDecoder)
+    features: Optional[dict] = None  # reference_db and raises (MelFeatures)
+    exact_from: Optional[int] = None  # the first pass's MelFeatures.exact_from(), once done
+    info: dict = field(default_factory=dict)  # what the first pass learnt of the source
+    position_sec: float = 0.0  # stream time the stages had reached
+    resumes: List[dict] = field(default_factory=list)  # where each resume began, what it redid
+    resumed: bool = False  # this run continues an interrupted one
+    enabled: bool = True  # False: nothing is saved (a URL input cannot be reopened at a sample)
+
+    @classmethod
+    def begin(cls, out_dir: Path, print_: dict, restart: bool) -> "ProgressRecord":
+        """The folder's record for this run: the interrupted run's when it matches, else new.
+        A record for a different input or settings is refused unless `restart`."""
+        path = Path(out_dir) / RECORD_NAME
+        record = cls(path, print_)
+        if not path.exists():
+            return record
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError("format")
+        except (OSError, ValueError):
+            if not restart:
+                raise HighlightSenseError(
+                    f"{path} is unreadable; pass --restart to start over (the run's saved "
+                    f"progress is then lost)") from None
+            data = None
+        if data is None or restart:
+            log.info("--restart: starting over, saved progress discarded")
+            return record
+        changed = _differences(data["fingerprint"], print_)
+        if changed:
+            raise HighlightSenseError(
+                f"{out_dir} holds an interrupted run of a different input or settings (changed: "
+                f"{', '.join(changed)}); pass --restart to discard it and start over, or "
+                f"choose another --out")
+        record.phase = data["phase"]
+        record.windows = _windows_in(data["windows"])
+        record.rescored = _windows_in(data["rescored"])
+        record.decoder = data["decoder"]
+        record.features = data["features"]
+        record.exact_from = data["exact_from"]
+        record.info = data["info"]
+        record.position_sec = data["position_sec"]
+        record.resumes = data["resumes"]
+        record.resumed = True
+        return record
+
+    def note_resume(self, phase: int, window: int, window_sec: float, decode_from_sec: float):
+        """Log and keep where a resume began: it decodes again from decode_from_sec, the stages'
+        warm-up before the window it scores first, plus what the record had not yet kept."""
+        redone = {"phase": phase, "window": window, "decode_from_sec": decode_from_sec,
+                  "warmup_sec": window_sec - decode_from_sec,
+                  "recorded_until_sec": self.position_sec}
+        self.resumes.append(redone)
+        log.info("resuming %sat window %d (%.1f s): decoding again from %.1f s, %.1f s of "
+                 "warm-up", "the second pass " if phase == 2 else "", window, window_sec,
+                 decode_from_sec, window_sec - decode_from_sec)
+
+    def save(self) -> None:
+        if not self.enabled:
+            return
+        data = {"format": FORMAT, "fingerprint": self.fingerprint, "phase": self.phase,
+                "windows": _windows_out(self.windows), "rescored": _windows_out(self.rescored),
+                "decoder": self.decoder, "features": self.features,
+                "exact_from": self.exact_from, "info": self.info,
+                "position_sec": self.position_sec, "resumes": self.resumes}
+        try:
+            write_text(self.path, json.dumps(data, allow_nan=True))
+        except OSError as e:
+            raise HighlightSenseError(
+                f"cannot write the progress record {self.path}: {e.strerror}; free space or fix "
+                f"the folder, then run the same command again to resume from the last record"
+            ) from None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class Checkpoints:
+    """Saves the record from a running pass every `every_sec` seconds and when it stops.
+
+    `snapshot()` reads the stages' state; it runs on the event loop while the stages work in
+    their threads, so it copies what it reads, in an order that keeps the copy consistent:
+    windows first, then the features' reference, then their history (see MelFeatures.raises).
+    """
+
+    def __init__(self, record: ProgressRecord, every_sec: float, snapshot):
+        self.record, self.every_sec, self.snapshot = record, every_sec, snapshot
+        self._last = time.monotonic()
+        self._broken = False
+
+    def __call__(self, metrics) -> None:
+        now = time.monotonic()
+        if self._broken or (metrics.finished is None and now - self._last < self.every_sec):
+            return
+        self._last = now
+        self.snapshot(self.record)
+        self.record.position_sec = metrics.position_sec
+        try:
+            self.record.save()
+        except HighlightSenseError:
+            self._broken = True  # report once; the last good record stays
+            raise

@@ -1,0 +1,320 @@
+"""Resuming an interrupted `detect`: each stage restarts exactly, and a run killed (SIGKILL) at
+random points, resumed each time, ends with the uninterrupted run's scores and clips."""
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from highlightsense.benchmarks.media import write_media
+from highlightsense.benchmarks.synth import SyntheticVod
+from highlightsense.engine.cli import main
+from highlightsense.engine.resume import RECORD_NAME
+from highlightsense.operators.decode import AudioDecoder
+from highlightsense.operators.mel_features import MelFeatures
+from highlightsense.engine.chunks import AudioChunk
+from highlightsense.operators.separate import STEMS
+
+
+def _noise_blocks(rate, seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(seconds):
+        t = np.arange(rate) / rate + i
+        x = (0.3 * np.sin(2 * np.pi * (220 + 13 * i) * t) + 0.05 * rng.standard_normal(rate))
+        yield np.stack([x, 0.5 * x]).astype(np.float32)
+
+
+def _decode(path, **kw):
+    decoder = AudioDecoder(path, **kw)
+    samples = np.concatenate([c.samples for c in decoder], axis=1)
+    return samples, decoder
+
+
+@pytest.mark.parametrize("name, rate, extra", [
+    ("a.mp4", 48000, {"video": True}),  # AAC, resampled
+    ("b.mkv", 48000, {}),  # whole-millisecond timestamps
+    ("c.wav", 44100, {}),  # PCM: a seek lands off the first run's frame edges
+    ("d.ts", 48000, {"drop": [(12.0, 13.5)], "start_sec": 3.7}),  # a hole, a late origin
+    ("e.ogg", 48000, {}),  # Opus, with its pre-skip
+])
+def test_decoder_restart_gives_the_uninterrupted_samples(tmp_path, name, rate, extra):
+    path = write_media(tmp_path / name, _noise_blocks(rate, 40), rate=rate, **extra)
+    whole, first_run = _decode(path)
+    assert len(first_run.sync_points) >= 4
+    for start in (2 * 44100 + 17, 20 * 44100, 31 * 44100 + 12345, whole.shape[1] - 100):
+        again, decoder = _decode(path, start_sample=start, sync_points=first_run.sync_points)
+        assert again.shape[1] == whole.shape[1] - start
+        assert np.array_equal(again, whole[:, start:]), (name, start)
+        if start > 12 * 44100:  # decoding began near the start sample, not at the beginning
+            assert start - decoder.decoded_from < 12 * 44100
+
+
+def test_mel_features_resume_from_their_history():
+    rng = np.random.default_rng(3)
+    n = 44100 * 40
+    stems = (rng.standard_normal((2, 2, n)) * 0.05).astype(np.float32)
+    stems[..., 30 * 44100:31 * 44100] *= 8  # the loudest second comes late
+    stems[..., 10 * 44100:11 * 44100] *= 4
+
+    def run(op, start=0, cut=None):
+        frames, step = [], 44100 // 3
+        for at in range(start, n, step):
+            frames += op.process(AudioChunk(stems[..., at:at + step], 44100, at, STEMS))
+            if cut is not None and at >= cut:
+                return op
+        frames += op.flush()
+        return frames
+
+    whole_op = MelFeatures()
+    whole = run(whole_op)
+    whole_frames = np.concatenate([c.frames for c in whole], axis=-1)
+    interrupted = run(MelFeatures(), cut=25 * 44100)  # history up to ~25 s
+    for resume_frame in (0, 700, 1000):
+        op = MelFeatures(raises=interrupted.raises, emit_from=resume_frame)
+        out = run(op, start=op.restart_sample(resume_frame))
+        got = np.concatenate([c.frames for c in out], axis=-1)
+        assert out[0].start == resume_frame
+        # As equal as a restart makes them (the resampler's reach: see test_mel_features).
+        np.testing.assert_allclose(got, whole_frames[..., resume_frame:], rtol=0, atol=1e-3)
+        assert op.exact_from() == whole_op.exact_from() > 0
+        np.testing.assert_allclose(op.reference_db, whole_op.reference_db, rtol=0, atol=1e-4)
+
+
+# -- SIGKILL at random points, then resume, until the run completes ------------------------------
+
+def _cli(*args):
+    return [sys.executable, "-m", "highlightsense.engine.cli", *map(str, args)]
+
+
+def _outputs(out_dir: Path):
+    with open(out_dir / "raw_window_scores.csv", newline="") as f:
+        scores = list(csv.reader(f))
+    summary = json.loads((out_dir / "highlights.json").read_text())
+    clips = {p.name: p.read_bytes() for p in sorted((out_dir / "clips").glob("highlight_*"))}
+    rows = [{k: v for k, v in row.items() if k != "clip_path"} for row in summary["highlights"]]
+    return scores, rows, clips, summary
+
+
+def _record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _progress(data: dict) -> int:
+    """How far a record is: windows kept over both passes (0 while there is none)."""
+    if not data:
+        return 0
+    return len(data["windows"]) + len(data["rescored"]) + 1000 * (data["phase"] - 1)
+
+
+def _kill_and_resume(command, out_dir: Path, kills_wanted: int, rng: random.Random,
+                     when=None, timeout=300):
+    """Runs `command` and SIGKILLs it at a random moment (up to 0.6 s) after its record has
+    moved on since the last kill (and satisfies when[k] for the k-th kill, if given); again
+    and again, then lets it finish. Returns the kills that landed on a running process."""
+    record, kills, seen = out_dir / RECORD_NAME, 0, 0
+    while kills < kills_wanted:
+        ready = when[kills] if when else (lambda data: True)
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while child.poll() is None and not (_progress(_record(record)) > seen
+                                            and ready(_record(record))):
+            assert time.monotonic() < deadline, "no progress recorded"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if child.poll() is not None:  # it finished first
+            assert child.returncode == 0, child.stderr.read().decode()
+            return kills
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        kills += 1
+        seen = _progress(_record(record))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return kills
+
+
+MOMENTS = [(60.0, 68.0), (200.0, 215.0), (400.0, 410.0), (520.0, 530.0)]
+
+
+@pytest.fixture(scope="module")
+def vod(tmp_path_factory):
+    """Nine minutes of h264 + AAC at 48 kHz (the 44.1 kHz sample blocks taken as 48 kHz). Without noise substitution (PNS): FFmpeg's AAC
+    decoder draws that noise from a generator fed by every frame decoded before, so after a
+    seek those bands decode differently (see test_resume_with_aac_noise_substitution)."""
+    folder = tmp_path_factory.mktemp("vod")
+    return write_media(folder / "vod.mp4", SyntheticVod(600, seed=5, moments=MOMENTS).blocks(),
+                       rate=48000, video=True, gop=20, audio_options={"aac_pns": "0"})
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_result(vod, tmp_path):
+    config = tmp_path / "fast-records.yaml"
+    config.write_text("progress_every_sec: 0.2\nthreshold_percentile: 90\n")
+    whole = tmp_path / "whole"
+    subprocess.run(_cli("detect", vod, "--out", whole, "--config", config, "-q"), check=True,
+                   timeout=300)
+
+    resumed = tmp_path / "resumed"
+    command = _cli("detect", vod, "--out", resumed, "--config", config, "-q")
+    kills = _kill_and_resume(command, resumed, 4, random.Random(11))
+
+    expected, got = _outputs(whole), _outputs(resumed)
+    assert got[0] == expected[0]  # every window's score, to the last digit
+    assert got[1] == expected[1]  # the same highlights...
+    assert got[2] == expected[2] and got[2]  # ...cut into the same clip files
+    assert not (resumed / RECORD_NAME).exists()
+    resumes = got[3].get("resumes", [])
+    assert kills >= 2 and len(resumes) >= 2, (kills, resumes)
+    for r in resumes:  # the loudness features' 61-block look-back and a block's alignment
+        assert 0 <= r["warmup_sec"] <= 63.0, r
+        assert r["decode_from_sec"] <= r["recorded_until_sec"]
+    print(f"\n{kills} kills survived; resumes: {resumes}")
+
+
+def test_resume_with_aac_noise_substitution_is_as_close_as_its_noise(tmp_path):
+    """AAC's noise substitution decodes differently after a seek (new noise, same loudness):
+    the resumed windows' scores move by that noise alone, and the highlights stay."""
+    media = write_media(tmp_path / "pns.mp4",
+                        SyntheticVod(300, seed=6, moments=MOMENTS[:2]).blocks(), rate=48000)
+    config = tmp_path / "fast-records.yaml"
+    config.write_text("progress_every_sec: 0.2\nthreshold_percentile: 90\n")
+    runs = {}
+    for name, kills in (("whole", 0), ("resumed", 1)):
+        command = _cli("detect", media, "--out", tmp_path / name, "--config", config, "-q")
+        assert _kill_and_resume(command, tmp_path / name, kills, random.Random(3)) == kills
+        runs[name] = _outputs(tmp_path / name)
+    whole = np.array([float(r[3]) for r in runs["whole"][0][1:]])
+    resumed = np.array([float(r[3]) for r in runs["resumed"][0][1:]])
+    assert len(runs["resumed"][3]["resumes"]) == 1
+    np.testing.assert_allclose(resumed, whole, rtol=1e-3, atol=0)
+    assert [r["start_sec"] for r in runs["resumed"][1]] == [r["start_sec"] for r in runs["whole"][1]]
+    assert runs["resumed"][2] == runs["whole"][2]
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory):
+    """A small HTDemucs and a small CRNN, written with the real classes (no trained weights)."""
+    from demucs.htdemucs import HTDemucs
+
+    from highlightsense.model.crnn import CrnnConfig, HighlightSenseModel
+    from highlightsense.model.separator import save_package
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    separator = HTDemucs(["drums", "bass", "other", "vocals"], segment=Fraction(2), channels=4,
+                         depth=4, nfft=4096, t_layers=1, t_heads=1, dconv_comp=2)
+    save_package(separator, folder / "tiny.th")
+    crnn = HighlightSenseModel.from_config(CrnnConfig(cnn_channels=(4, 8, 8, 16), rnn_hidden=12,
+                                                      att_dim=6, classifier_hidden=10))
+    torch.save({"model": crnn.state_dict(), "epochs": 1}, folder / "best_model.pt")
+    return folder / "tiny.th", folder / "best_model.pt"
+
+
+def test_sigkill_in_both_passes_of_the_model_path(small_models, tmp_path):
+    """decode -> Demucs -> log-mel -> CRNN, killed in the first pass and in the second (the
+    loudest moment comes late, so the windows before it are scored again)."""
+    separator, checkpoint = small_models
+    vod = SyntheticVod(150, seed=2, moments=[(20.0, 26.0), (110.0, 125.0)], music=[], bangs=[])
+    media = write_media(tmp_path / "vod.mkv", vod.blocks(), audio_options={"aac_pns": "0"},
+                        audio_codec="aac")
+    config = tmp_path / "c.yaml"
+    config.write_text("progress_every_sec: 0.2\nthreshold_percentile: 80\nbatch_size: 4\n")
+    runs = {}
+    for name, kills in (("whole", 0), ("resumed", 3)):
+        command = _cli("detect", media, "--model", checkpoint, "--separator", separator,
+                       "--device", "cpu", "--out", tmp_path / name, "--config", config, "-q")
+        in_pass = [lambda d: d["phase"] == 1 and d["windows"],
+                   lambda d: d["phase"] == 1 and len(d["windows"]) >= 12,
+                   lambda d: d["phase"] == 2 and d["rescored"]]
+        assert _kill_and_resume(command, tmp_path / name, kills, random.Random(5),
+                                when=in_pass) == kills
+        runs[name] = _outputs(tmp_path / name)
+    resumes = runs["resumed"][3]["resumes"]
+    assert {r["phase"] for r in resumes} == {1, 2}, resumes
+    for r in resumes:  # Demucs's segments around the window, the features' 3 frames
+        assert 0 <= r["warmup_sec"] <= 2 * 2.0 + 1.0, r
+    whole = np.array([float(r[3]) for r in runs["whole"][0][1:]])
+    resumed = np.array([float(r[3]) for r in runs["resumed"][0][1:]])
+    # As close as the resampler's restart allows (its filter's reach, below 1e-7 of a sample).
+    np.testing.assert_allclose(resumed, whole, rtol=0, atol=1e-5)
+    assert runs["resumed"][1] == runs["whole"][1] or np.allclose(
+        [r["confidence"] for r in runs["resumed"][1]], [r["confidence"] for r in runs["whole"][1]])
+    assert [r["start_sec"] for r in runs["resumed"][1]] == [r["start_sec"] for r in runs["whole"][1]]
+    assert runs["resumed"][2] == runs["whole"][2]
+    print(f"\nmodel path resumes: {resumes}")
+
+
+def test_a_changed_input_or_setting_is_refused_or_restarted(vod, tmp_path, capsys):
+    out = tmp_path / "out"
+    record = out / RECORD_NAME
+    out.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text("progress_every_sec: 0.2\n")
+    child = subprocess.Popen(_cli("detect", vod, "--out", out, "--config", config, "-q"))
+    deadline = time.monotonic() + 120
+    while not record.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert record.exists()
+    saved = record.read_bytes()
+
+    code = main(["detect", str(vod), "--out", str(out), "--window-sec", "20", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0
+    assert "different input or settings" in err and "window_sec" in err and "--restart" in err
+    assert record.read_bytes() == saved  # refused: the saved progress is untouched
+
+    code = main(["detect", str(vod), "--out", str(out), "--window-sec", "20", "--restart",
+                 "--no-clips", "-q"])
+    assert code == 0
+    assert not record.exists()
+    summary = json.loads((out / "highlights.json").read_text())
+    assert summary["settings"]["window_sec"] == 20.0 and "resumes" not in summary
+
+
+def test_ctrl_c_saves_progress_and_says_how_to_resume(vod, tmp_path):
+    from processes import interruptible
+
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text("progress_every_sec: 0.2\n")
+    command = _cli("detect", vod, "--out", out, "--no-clips", "--config", config)
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=interruptible)
+    deadline = time.monotonic() + 120
+    while not _progress(_record(out / RECORD_NAME)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    began = time.monotonic()
+    err = child.stderr.read()
+    assert child.wait(timeout=30) == 130, err
+    assert time.monotonic() - began < 10
+    assert "progress saved" in err and "run the same command again" in err
+    assert "Traceback" not in err
+    data = json.loads((out / RECORD_NAME).read_text())
+    assert data["phase"] == 1 and data["windows"]  # scores were kept
+    assert not (out / "highlights.json").exists()
+    done = subprocess.run(command + ["-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "highlights.json").read_text())["resumes"]
+
+
+def test_max_duration_refuses_longer_input_in_one_line(vod, tmp_path, capsys):
+    code = main(["detect", str(vod), "--out", str(tmp_path / "o"), "--max-duration", "5:00",
+                 "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0
+    assert "over --max-duration 5:00" in err and "raise the limit" in err
+    assert not (tmp_path / "o" / "highlights.json").exists()
