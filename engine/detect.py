@@ -300,9 +300,16 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
                                      show_progress)
         record.windows, record.rescored, record.phase = windows, [], 3
         record.save()
-    sinks.write_scores(out_dir, windows)
     info = dict(record.info, resumes=record.resumes) if record.resumes else record.info
-    selection, highlights = finish(out_dir, windows, cfg, info)
+    try:
+        sinks.write_scores(out_dir, windows)
+        selection, highlights = finish(out_dir, windows, cfg, info)
+    except OSError as e:
+        kept = (" (the scores are saved: it will not score again)" if record.enabled
+                and record.path.exists() else "")
+        raise HighlightSenseError(
+            f"cannot write the outputs in {out_dir}: {e.strerror or e}; free space or fix the "
+            f"folder, then run the same command again{kept}") from None
     record.remove()  # the summary is written: the run is complete
     return DetectResult(out_dir, windows, selection, highlights, metrics, record.resumes)
 
@@ -383,4 +390,10 @@ def reselect(out_dir: Path, cfg: Config) -> tuple:
         raise HighlightSenseError(
             f"the source {info['source']} is gone; clips need it (or pass --no-clips)")
     (out_dir / sinks.SUMMARY_JSON).unlink()
-    return finish(out_dir, windows, cfg, info)
+    try:
+        return finish(out_dir, windows, cfg, info)
+    except OSError as e:
+        raise HighlightSenseError(
+            f"cannot write the outputs in {out_dir}: {e.strerror or e}; free space or fix the "
+            f"folder, then run detect again (this select had begun replacing the outputs)"
+        ) from None

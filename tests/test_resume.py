@@ -318,3 +318,18 @@ def test_max_duration_refuses_longer_input_in_one_line(vod, tmp_path, capsys):
     assert code == 1 and err.count("\n") == 0
     assert "over --max-duration 5:00" in err and "raise the limit" in err
     assert not (tmp_path / "o" / "highlights.json").exists()
+
+
+def test_a_stream_running_past_max_duration_stops_with_one_line(tmp_path):
+    """A source whose length is not known up front (a live URL, a lying header) is cut off
+    while streaming."""
+    from highlightsense.engine.detect import Limited
+    from highlightsense.engine.errors import HighlightSenseError
+
+    media = write_media(tmp_path / "a.wav", _noise_blocks(44100, 6))
+    source = Limited(AudioDecoder(media), max_sec=4.0)
+    seen = 0
+    with pytest.raises(HighlightSenseError, match="runs past --max-duration 0:04"):
+        for chunk in source:
+            seen = chunk.end
+    assert 3 * 44100 <= seen <= 4 * 44100
