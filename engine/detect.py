@@ -10,6 +10,7 @@ from typing import List, Optional
 from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.files import OutputError
 from highlightsense.engine.pipeline import Pipeline, PipelineMetrics
 from highlightsense.engine.operator import Source
 from highlightsense.engine.progress import Progress, clock
@@ -35,6 +36,8 @@ class DetectResult:
 def prepare_out_dir(out_dir: Path) -> Path:
     """Creates the folder and proves it is writable before any work is done."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HighlightSenseError(f"{out_dir} is a file, not a folder; choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".highlightsense-write-test"
@@ -304,11 +307,12 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
     try:
         sinks.write_scores(out_dir, windows)
         selection, highlights = finish(out_dir, windows, cfg, info)
-    except OSError as e:
+    except (OSError, OutputError) as e:
         kept = (" (the scores are saved: it will not score again)" if record.enabled
                 and record.path.exists() else "")
+        reason = getattr(e, "reason", None) or e.strerror or e
         raise HighlightSenseError(
-            f"cannot write the outputs in {out_dir}: {e.strerror or e}; free space or fix the "
+            f"cannot write the outputs in {out_dir}: {reason}; free space or fix the "
             f"folder, then run the same command again{kept}") from None
     record.remove()  # the summary is written: the run is complete
     return DetectResult(out_dir, windows, selection, highlights, metrics, record.resumes)

@@ -100,12 +100,13 @@ class StageThreads(concurrent.futures.Executor):
             except BaseException as e:  # handed to whoever awaits the future
                 future.set_exception(e)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 timeout: Optional[float] = None) -> None:
         for _ in self._threads:
             self._jobs.put(None)
         if wait:
             for thread in self._threads:
-                thread.join()
+                thread.join(timeout)
 
 
 class Pipeline:
@@ -156,7 +157,9 @@ class Pipeline:
             if monitor:
                 monitor.cancel()
                 await asyncio.gather(monitor, return_exceptions=True)
-            pool.shutdown(wait=False)
+            # After a clean run the workers are idle: let them end now, so no thread is left to
+            # meet the interpreter's exit. After a failure one may be stuck in a read: go.
+            pool.shutdown(wait=not failed, timeout=5.0)
             self.source.close()
             self.metrics.finished = time.perf_counter()
             if self.on_progress:

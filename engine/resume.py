@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.engine.files import write_text
+from highlightsense.engine.files import OutputError, write_text
 from highlightsense.operators.select import WindowScore
 
 log = logging.getLogger("highlightsense")
@@ -158,9 +158,10 @@ class ProgressRecord:
                 "position_sec": self.position_sec, "resumes": self.resumes}
         try:
             write_text(self.path, json.dumps(data, allow_nan=True))
-        except OSError as e:
+        except (OSError, OutputError) as e:
+            reason = getattr(e, "reason", None) or e.strerror
             raise HighlightSenseError(
-                f"cannot write the progress record {self.path}: {e.strerror}; free space or fix "
+                f"cannot write the progress record {self.path}: {reason}; free space or fix "
                 f"the folder, then run the same command again to resume from the last record"
             ) from None
 

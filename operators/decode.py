@@ -52,7 +52,8 @@ def open_media(path) -> av.container.InputContainer:
         if os.path.isdir(path):
             raise HighlightSenseError(f"{path} is a folder; give a media file")
     try:
-        return av.open(path)
+        # Tags are text the file claims is UTF-8; a damaged or odd one must not stop the decode.
+        return av.open(path, metadata_errors="replace")
     except av.FFmpegError as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise HighlightSenseError(
@@ -69,13 +70,17 @@ def audio_stream(container, path, stream_index: int | None):
         listing = "; ".join(f"{i}: {_describe(s)}" for i, s in enumerate(streams))
         raise HighlightSenseError(
             f"{path} has no audio stream {stream_index}; its audio streams are {listing}")
+    if streams[index].codec_context is None:
+        raise HighlightSenseError(
+            f"{path}: audio stream {index} is in a codec FFmpeg cannot decode; "
+            f"convert it or choose another with --audio-stream")
     return streams[index]
 
 
 def _describe(stream) -> str:
     cc = stream.codec_context
     lang = stream.metadata.get("language")
-    text = f"{cc.name} {cc.sample_rate} Hz {cc.channels} ch"
+    text = f"{cc.name} {cc.sample_rate} Hz {cc.channels} ch" if cc else "unknown codec"
     return f"{text} ({lang})" if lang else text
 
 
@@ -88,6 +93,9 @@ def probe(path) -> dict:
     with open_media(path) as container:
         streams = []
         for s in container.streams:
+            if s.codec_context is None:  # no decoder in this FFmpeg build
+                streams.append({"index": s.index, "type": s.type, "codec": None})
+                continue
             entry = {"index": s.index, "type": s.type, "codec": s.codec_context.name,
                      "start_sec": _seconds(s.start_time, s.time_base),
                      "duration_sec": _seconds(s.duration, s.time_base)}
@@ -167,10 +175,11 @@ class AudioDecoder(Source):
         self.input_channels = cc.channels
         self.has_video = any(not is_cover_art(v) for v in self.container.streams.video)
         self.audio_streams = [
-            {"index": i, "stream": a.index, "codec": a.codec_context.name,
-             "rate": a.codec_context.sample_rate, "channels": a.codec_context.channels,
+            {"index": i, "stream": a.index, "codec": cc and cc.name,
+             "rate": cc and cc.sample_rate, "channels": cc and cc.channels,
              "language": a.metadata.get("language")}
-            for i, a in enumerate(self.container.streams.audio)]
+            for i, a in enumerate(self.container.streams.audio)
+            for cc in [a.codec_context]]
 
     def _duration(self) -> float | None:
         """Seconds of stream time to expect: up to the container's end when it is known (a .ts
@@ -193,6 +202,7 @@ class AudioDecoder(Source):
         """Decoded frames of the stream. A packet FFmpeg cannot decode is skipped and counted; a
         run of them is one incident, reported with the next good frame (self._incident)."""
         bad, bad_at = 0, 0.0
+        retries = 0
         packets = self.container.demux(self.stream)
         while True:
             # The pipeline may close() from another thread while a read is blocked here (a stalled
@@ -200,7 +210,18 @@ class AudioDecoder(Source):
             with self._lock:
                 if self.container is None:
                     return
-                packet = next(packets, None)
+                try:
+                    packet = next(packets, None)
+                    retries = 0
+                except av.FFmpegError as e:
+                    if isinstance(e, BlockingIOError) and retries < 100:  # "try again"
+                        retries += 1
+                        packets = self.container.demux(self.stream)
+                        continue
+                    # As ffmpeg itself does: keep what was read, and say where the file stopped.
+                    log.warning("%s: cannot read past %s (%s); the rest of the file is left out",
+                                self.path, hms(self._out / AUDIO_RATE), e.strerror or e)
+                    packet = None
                 if self._closing:
                     self.container.close()
                     self.container = None
@@ -269,14 +290,25 @@ class AudioDecoder(Source):
                     yield from self._silence(silence)
             if self._incident:
                 self._report()
-            if resampler is None:
-                resampler = self._new_resampler(frame)
-            try:
-                out = self._resample(resampler, frame)
-            except ValueError:  # the input's format changed mid-stream: start a new resampler
+            if resampler is not None and _input_format(frame) != self._input_format:
+                # The input's format changed mid-stream: start a new resampler. (PyAV's resampler
+                # passes frames through unchecked when the first one needed no conversion.)
                 yield from self._take(self._resample(resampler, None))
-                resampler = self._new_resampler(frame)
+                resampler = None
+            try:
+                if resampler is None:
+                    resampler = self._new_resampler(frame)
                 out = self._resample(resampler, frame)
+            except av.FFmpegError:
+                # A frame FFmpeg cannot convert (a damaged header can claim 45 channels): skip it
+                # as a corrupt packet; the silence filled in for it keeps the times true.
+                self.corrupt_packets += 1
+                count, at = self._incident or (
+                    0, self._out / AUDIO_RATE if t is None else t - self.origin_sec)
+                self._incident = (count + 1, at)
+                resampler = None
+                frame = next(frames, None)
+                continue
             yield from self._take(out)
             expected = (t if t is not None else expected or 0.0) + dur
             frame = next(frames, None)
@@ -290,6 +322,7 @@ class AudioDecoder(Source):
         # Mono goes through as mono and is copied to both channels later: FFmpeg's upmix would
         # lower it by 3 dB.
         self._mono = frame.layout.nb_channels == 1
+        self._input_format = _input_format(frame)
         return av.AudioResampler(format="fltp", layout="mono" if self._mono else "stereo",
                                  rate=AUDIO_RATE)
 
@@ -422,6 +455,10 @@ class AudioDecoder(Source):
             self._lock.release()
         if container is not None:
             container.close()
+
+
+def _input_format(frame) -> tuple:
+    return frame.format.name, frame.layout.name, frame.sample_rate
 
 
 def _drop_leading(frame, n: int):
