@@ -172,6 +172,7 @@ def write_media(path, blocks: Iterable[np.ndarray], rate: int = 44100, channels:
     shift = Fraction(start_sec).limit_denominator(1_000_000)
     # FFmpeg's command line muxes with max_delay 0.7 s, so its .ts files start at 1.4 s: same here.
     options = {"max_delay": "700000"} if path.suffix.lower() == ".ts" else {}
+    options["fflags"] = "+bitexact"  # no random ids (Matroska, Ogg): the same blocks, the same bytes
     with av.open(str(path), "w", container_options=options) as container:
         tracks = []
         if audio:
