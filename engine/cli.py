@@ -4,6 +4,7 @@ detect INPUT --out DIR   find the highlights of a media file or URL and cut them
 select OUT_DIR           choose again from the saved scores (new threshold, top N, NMS window)
 watch URL                follow a live stream; emit each highlight as an event as it happens
 demo [--out DIR]         make a sample VOD with known moments and run detect on it
+bench                    measure the pipeline (per stage), or compare it with the seed's way
 
 Errors a user can fix come out as one line on stderr and a non-zero exit status.
 """
@@ -95,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     _selection_flags(s)
 
     _watch_parser(sub)
+    from highlightsense.benchmarks.bench import add_parser as bench_parser
+
+    bench_parser(sub)
 
     m = sub.add_parser("demo", help="make a sample VOD with known moments and run detect on it")
     m.add_argument("--out", default="highlightsense-demo", metavar="DIR",
@@ -236,6 +240,12 @@ def _demo(args) -> int:
     return run_demo(args.out, args.minutes, quiet=args.quiet)
 
 
+def _bench(args) -> int:
+    from highlightsense.benchmarks.bench import run
+
+    return run(args)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "model", None) is None:  # no Demucs in this run (see engine/memory.py)
@@ -243,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _setup_logging(getattr(args, "quiet", False))
     try:
         return {"detect": _detect, "select": _select, "watch": _watch,
-                "demo": _demo}[args.command](args)
+                "demo": _demo, "bench": _bench}[args.command](args)
     except HighlightSenseError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
