@@ -37,6 +37,7 @@ class Config:
     hls_fragments: int = 4  # HLS segments fetched at once for URL inputs
     max_duration_sec: Optional[float] = 86400.0  # longer inputs are refused (None: no limit)
     progress_every_sec: float = 5.0  # how often the progress record is saved
+    rescore_cache_mb: int = 64  # first-pass levels kept for the second pass (40 min at 64 MB)
 
     @property
     def window_frames(self) -> int:
@@ -98,6 +99,8 @@ def _check(cfg: Config) -> Config:
             bad(key, "must be at least 1")
     if cfg.max_duration_sec is not None and cfg.max_duration_sec <= 0:
         bad("max_duration_sec", "must be positive (or null for no limit)")
+    if cfg.rescore_cache_mb < 0:
+        bad("rescore_cache_mb", "must be 0 or more")
     if cfg.progress_every_sec <= 0:
         bad("progress_every_sec", "must be positive")
     if not 0 < cfg.chunk_sec <= 600:

@@ -12,6 +12,7 @@ from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import OutputError
 from highlightsense.engine.pipeline import Pipeline, PipelineMetrics
+from highlightsense.engine.chunks import FrameChunk
 from highlightsense.engine.operator import Source
 from highlightsense.engine.progress import Progress, clock
 from highlightsense.engine.resume import Checkpoints, ProgressRecord, fingerprint
@@ -21,6 +22,8 @@ from highlightsense.operators.select import CollectScores, Selection, WindowScor
 from highlightsense.operators.windows import Windows
 
 log = logging.getLogger("highlightsense")
+
+LEVEL_BYTES = 2 * 80 * 4  # one frame's held levels: two stems, 80 mels, float32
 
 
 @dataclass
@@ -65,7 +68,7 @@ def build_scorer(cfg: Config):
 
 
 def build_stages(cfg: Config, scorer, separator_model=None, reference_db=None, raises=None,
-                 emit_from: int = 0) -> list:
+                 emit_from: int = 0, hold_frames: int = 0) -> list:
     """The operators between the decoder and the windows: what the scorer reads. A resumed run
     passes the features' history (`raises`) and the frame it resumes at (`emit_from`)."""
     if scorer.name != "crnn":
@@ -76,7 +79,7 @@ def build_stages(cfg: Config, scorer, separator_model=None, reference_db=None, r
     separate = Separate(separator_model or cfg.separator, device=cfg.device,
                         batch_size=cfg.separator_batch, half=cfg.half)
     return [separate, MelFeatures(device=scorer.device, reference_db=reference_db, raises=raises,
-                                  emit_from=emit_from)]
+                                  emit_from=emit_from, hold_frames=hold_frames)]
 
 
 def restart_sample(stages: list, frame: int) -> int:
@@ -192,7 +195,10 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
     stages, metrics)."""
     first = _batch_start(len(record.windows), cfg.batch_size)
     history = record.features["raises"] if record.features else None
-    stages = build_stages(cfg, scorer, raises=history, emit_from=first * cfg.stride_frames)
+    # A run from the start keeps the first levels in memory for the second pass (see there).
+    hold = cfg.rescore_cache_mb * 2 ** 20 // LEVEL_BYTES if cfg.exact_reference and not first else 0
+    stages = build_stages(cfg, scorer, raises=history, emit_from=first * cfg.stride_frames,
+                          hold_frames=hold)
     start = restart_sample(stages, first * cfg.stride_frames) if first else 0
     source = open_source(input_path, cfg, start, record.decoder.get("sync_points"))
     if first:
@@ -215,43 +221,88 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
     return windows, source, stages, metrics
 
 
+class HeldFrames(Source):
+    """The first pass's held levels as features under the final reference, up to `stop` (a
+    frame index): the second pass without decoding or separating again."""
+
+    name = "held_levels"
+    start_sample = 0
+
+    def __init__(self, features, reference_db, stop: int):
+        self.features, self.reference_db, self.stop = features, reference_db, stop
+
+    def __iter__(self):
+        for chunk in self.features.held_features(self.reference_db):
+            if chunk.start >= self.stop:
+                return
+            yield FrameChunk(chunk.frames[..., :self.stop - chunk.start], chunk.start)
+
+
+def _held_windows(cfg: Config, features, windows: List[WindowScore], last: int) -> tuple:
+    """(windows, stop frame): the second pass's windows (from 0, a whole number of batches
+    unless all of them) whose frames the first pass held, and the frames they need."""
+    held = features.held_frames if features is not None else range(0)
+    if not held or held.start != 0:
+        return 0, 0
+    if held.stop >= features.frames_emitted:  # the whole stream: even a short one's window 0
+        return last + 1, held.stop
+    fit = sum(1 for w in windows[:last + 1]
+              if w.index * cfg.stride_frames + cfg.window_frames <= held.stop)
+    count = fit if fit == last + 1 else _batch_start(fit, cfg.batch_size)
+    return count, (count - 1) * cfg.stride_frames + cfg.window_frames if count else 0
+
+
 def rescore_prefix(input_path: str, cfg: Config, scorer, record: ProgressRecord,
-                   separator_model, show_progress: bool) -> List[WindowScore]:
+                   separator_model, show_progress: bool, features=None) -> List[WindowScore]:
     """The seed's dB reference is the maximum over the whole VOD, which a stream knows only at
     its end. The first pass used the maximum so far; windows made before it reached the final
-    one are scored again in a second pass over the start of the file with the final reference."""
+    one are scored again with the final reference: from the levels the first pass held (its
+    `features`, within rescore_cache_mb), and past them in a second pass over the start of the
+    file."""
     windows = record.windows
     redo = [w.index for w in windows if w.index * cfg.stride_frames < record.exact_from]
     if not redo:
         return windows
     last = max(redo)
-    first = _batch_start(len(record.rescored), cfg.batch_size)
     reference = record.features["reference_db"]
-    stages = build_stages(cfg, scorer, separator_model, reference,
-                          emit_from=first * cfg.stride_frames)
-    separate, features = stages
-    last_frame = last * cfg.stride_frames + cfg.window_frames - 1
-    # Past the last frame wanted: the features' reach, then every Demucs segment covering it.
-    samples = features.samples_through(last_frame) + separate.warmup_samples
-    start = restart_sample(stages, first * cfg.stride_frames) if first else 0
-    if first:
-        record.note_resume(2, first, first * cfg.stride_frames * grid.HOP / grid.FEATURE_RATE,
-                           start / grid.AUDIO_RATE)
-    else:
-        log.info("second pass over the first %s (%d windows): the dB reference is now the whole "
-                 "VOD's maximum, as in the seed", clock(samples / grid.AUDIO_RATE), len(redo))
-    source = Prefix(open_source(input_path, cfg, start, record.decoder.get("sync_points")),
-                    samples)
     collect = CollectScores()
+    first = _batch_start(len(record.rescored), cfg.batch_size)
     collect.windows = record.rescored[:first]
 
     def snapshot(rec: ProgressRecord) -> None:
         rec.rescored = [w for w in collect.windows if w.index <= last]
 
-    progress = Progress(source.duration_sec) if show_progress else None
-    checkpoints = Checkpoints(record, cfg.progress_every_sec, snapshot) if record.enabled else None
-    again, _ = run_pipeline(source, stages, scorer, cfg, progress, first, collect, checkpoints)
-    rescored = {w.index: w for w in again if w.index <= last}
+    def checkpoints():
+        return Checkpoints(record, cfg.progress_every_sec, snapshot) if record.enabled else None
+
+    held, stop = _held_windows(cfg, features, windows, last) if not first else (0, 0)
+    if held:
+        log.info("second pass: %d windows scored again from the levels kept in memory (the dB "
+                 "reference is now the whole VOD's maximum, as in the seed)", held)
+        run_pipeline(HeldFrames(features, reference, stop), [], scorer, cfg, None, 0, collect,
+                     checkpoints())
+        collect.windows = [w for w in collect.windows if w.index < held]
+        first = held
+    if first <= last:
+        stages = build_stages(cfg, scorer, separator_model, reference,
+                              emit_from=first * cfg.stride_frames)
+        separate, features = stages
+        last_frame = last * cfg.stride_frames + cfg.window_frames - 1
+        # Past the last frame wanted: the features' reach, then every Demucs segment covering it.
+        samples = features.samples_through(last_frame) + separate.warmup_samples
+        start = restart_sample(stages, first * cfg.stride_frames) if first else 0
+        if first and not held:
+            record.note_resume(2, first, first * cfg.stride_frames * grid.HOP / grid.FEATURE_RATE,
+                               start / grid.AUDIO_RATE)
+        else:
+            log.info("second pass over %s to %s (%d windows): the dB reference is now the whole "
+                     "VOD's maximum, as in the seed", clock(start / grid.AUDIO_RATE),
+                     clock(samples / grid.AUDIO_RATE), last + 1 - first)
+        source = Prefix(open_source(input_path, cfg, start, record.decoder.get("sync_points")),
+                        samples)
+        progress = Progress(source.duration_sec) if show_progress else None
+        run_pipeline(source, stages, scorer, cfg, progress, first, collect, checkpoints())
+    rescored = {w.index: w for w in collect.windows if w.index <= last}
     return [rescored.get(w.index, w) for w in windows]
 
 
@@ -268,7 +319,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
     # The completion marker of an earlier run goes first, so a failed re-run cannot leave a
     # folder that looks complete but mixes two runs.
     (out_dir / sinks.SUMMARY_JSON).unlink(missing_ok=True)
-    separator_model, metrics = None, None
+    separator_model, metrics, held_features = None, None, None
     if record.phase == 1:
         windows, source, stages, metrics = first_pass(input_path, cfg, scorer, record,
                                                       show_progress)
@@ -294,13 +345,13 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
             features = stages[-1]
             record.features = {"reference_db": features.reference_db, "raises": features.raises}
             record.exact_from = features.exact_from()
-            separator_model = stages[0].model
+            separator_model, held_features = stages[0].model, features
         record.save()
     windows = record.windows
     if record.phase == 2:
         if scorer.name == "crnn" and cfg.exact_reference:
             windows = rescore_prefix(input_path, cfg, scorer, record, separator_model,
-                                     show_progress)
+                                     show_progress, held_features)
         record.windows, record.rescored, record.phase = windows, [], 3
         record.save()
     info = dict(record.info, resumes=record.resumes) if record.resumes else record.info

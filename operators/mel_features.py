@@ -122,7 +122,7 @@ class MelFeatures(Operator):
     def __init__(self, device: Union[str, torch.device] = "cpu", rate: int = grid.AUDIO_RATE,
                  reference_db: Union[None, float, Sequence[float]] = None, stems=STEMS,
                  raises: Optional[Sequence[Sequence[Sequence[float]]]] = None,
-                 emit_from: int = 0):
+                 emit_from: int = 0, hold_frames: int = 0):
         self.rate = rate
         self.stems = tuple(stems)
         self.log_mel = LogMel(device)
@@ -144,6 +144,11 @@ class MelFeatures(Operator):
                 start_ref[stem] = max(start_ref[stem], history[-1][1])
         self._ref = torch.tensor(start_ref, dtype=torch.float32, device=self.log_mel.device)
         self.emit_from = emit_from
+        # The levels (dB before the reference) of the stream's first `hold_frames` frames, kept
+        # so that the second pass can apply the final reference without separating again.
+        self.hold_frames = hold_frames
+        self.held: List[FrameChunk] = []
+        self.frames_emitted = 0  # one past the last frame emitted (absolute)
         self._expected = None  # stream sample the next chunk must start at
         self._first_frame = None  # absolute index of the frame-grid point the run starts at
         self._skip = 0  # samples still to drop to reach that point
@@ -154,6 +159,18 @@ class MelFeatures(Operator):
     def reference_db(self) -> List[float]:
         """Each stem's reference so far (dB): what a restart or a second pass carries over."""
         return self._ref.tolist()
+
+    @property
+    def held_frames(self) -> range:
+        """The frames whose levels are held: from the run's first on, without a gap."""
+        return range(self.held[0].start, self.held[-1].end) if self.held else range(0)
+
+    def held_features(self, reference_db: Sequence[float]):
+        """The held frames as features under a fixed reference (the second pass's)."""
+        ref = torch.tensor(reference_db, dtype=torch.float32)
+        for chunk in self.held:
+            level = torch.from_numpy(chunk.frames)
+            yield FrameChunk(to_db(level, ref)[0].numpy(), chunk.start)
 
     @property
     def raises(self) -> List[List[tuple]]:
@@ -245,7 +262,11 @@ class MelFeatures(Operator):
             frames, first = frames[skip:], first + skip
         if len(frames) == 0:
             return []
-        db, ref = to_db(self.log_mel.frames(frames), self._ref)
+        level = self.log_mel.frames(frames)
+        self.frames_emitted = first + len(frames)
+        if first < self.hold_frames:
+            self.held.append(FrameChunk(level[..., :self.hold_frames - first].cpu().numpy(), first))
+        db, ref = to_db(level, self._ref)
         rose = torch.diff(ref, dim=1, prepend=self._ref[:, None]) > 0
         for stem, j in rose.nonzero().tolist():
             self._raises[stem].append((first + j, float(ref[stem, j])))

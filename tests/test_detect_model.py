@@ -43,12 +43,24 @@ def scores(out_dir):
             [(float(r["start_sec"]), float(r["end_sec"])) for r in rows])
 
 
-def test_detect_with_model_scores_with_the_whole_vods_reference(files, tmp_path, capsys):
+# The second pass from the levels the first held (all of them), by separating again (none
+# held), and from both (1 MB holds 38 s: two windows, the rest separated again).
+@pytest.mark.parametrize("cache_mb, batch, says", [
+    (64, 4, ["10 windows scored again from the levels kept"]),
+    (0, 4, ["second pass over 0:00 to"]),
+    (1, 1, ["2 windows scored again from the levels kept", "second pass over 0:0"]),
+])
+def test_detect_with_model_scores_with_the_whole_vods_reference(files, tmp_path, capsys,
+                                                                cache_mb, batch, says):
     media, separator, checkpoint = files
+    config = tmp_path / "cache.yaml"
+    config.write_text(f"rescore_cache_mb: {cache_mb}\n")
     code = main(["detect", str(media), "--model", str(checkpoint), "--separator", str(separator),
-                 "--device", "cpu", "--batch-size", "4", "--out", str(tmp_path / "out")])
+                 "--device", "cpu", "--batch-size", str(batch), "--out", str(tmp_path / "out"),
+                 "--config", str(config)])
     assert code == 0
-    assert "second pass over the first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert all(text in err for text in says), err
     two, peaks, spans = scores(tmp_path / "out")
 
     # A single pass (what --single-pass gives), then the reference: a pass whose features know
