@@ -323,12 +323,11 @@ def engine_job(spec: dict) -> dict:
     import torch
 
     from highlightsense.engine.config import load_config
-    from highlightsense.engine.memory import keep_large_buffers_out_of_the_heap
+    from highlightsense.engine.memory import tune_malloc
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    if not spec.get("model"):
-        keep_large_buffers_out_of_the_heap()  # as the CLI does for a run without Demucs
+    tune_malloc(separating=bool(spec.get("model")))  # as the CLI does
     quiet = spec.get("quiet", False)
     _logging(quiet)
     from highlightsense.engine import detect as D

@@ -22,9 +22,9 @@ from pathlib import Path
 def child(input_path: str, out_dir: str) -> None:
     from highlightsense.engine.config import load_config
     from highlightsense.engine.detect import detect
-    from highlightsense.engine.memory import keep_large_buffers_out_of_the_heap
+    from highlightsense.engine.memory import tune_malloc
 
-    keep_large_buffers_out_of_the_heap()  # as the CLI does for a run without Demucs
+    tune_malloc(separating=False)  # as the CLI does for a run without Demucs
 
     began = time.perf_counter()
     result = detect(input_path, Path(out_dir), load_config(), show_progress=False)

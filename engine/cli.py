@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.engine.memory import keep_large_buffers_out_of_the_heap
+from highlightsense.engine.memory import tune_malloc
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -248,8 +248,8 @@ def _bench(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
-    if getattr(args, "model", None) is None:  # no Demucs in this run (see engine/memory.py)
-        keep_large_buffers_out_of_the_heap()  # before any large buffer comes and goes
+    # Before any thread starts or large buffer comes and goes (see engine/memory.py).
+    tune_malloc(separating=getattr(args, "model", None) is not None)
     _setup_logging(getattr(args, "quiet", False))
     try:
         return {"detect": _detect, "select": _select, "watch": _watch,
