@@ -243,7 +243,7 @@ def _operators(cfg, scorer, stages, collect):
 
     windows = Windows(cfg.window_frames, cfg.stride_frames,
                       pad_frames=getattr(scorer, "pad_frames", None) or cfg.window_frames,
-                      batch_size=cfg.batch_size)
+                      batch_size=cfg.batch_size or scorer.batch_size)
     return [*stages, windows, Score(scorer), collect]
 
 
@@ -379,7 +379,7 @@ def engine_job(spec: dict) -> dict:
     model_sec = sum(t.sec for t in timers.values())
     result.update({
         "kind": "engine", "input": spec["input"], "models": _models(stages, scorer),
-        "rss_before_mb": rss_before, "batch_size": cfg.batch_size,
+        "rss_before_mb": rss_before, "batch_size": cfg.batch_size or scorer.batch_size,
         "separator_batch": cfg.separator_batch, "half": cfg.half,
         "model_compute": {name: t.figures() for name, t in timers.items()},
         "model_compute_sec": model_sec,

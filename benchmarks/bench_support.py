@@ -109,6 +109,14 @@ def write_random_separator(folder, size: str = "full", seed: int = 0) -> Path:
     return save_package(random_htdemucs(size, seed), folder / "bench.th")
 
 
+def write_small_models(folder) -> Tuple[Path, Path]:
+    """(separator .th, CRNN checkpoint): a tiny HTDemucs and a small CRNN with random weights,
+    written with the real classes, for tests and quick runs."""
+    folder = Path(folder)
+    return (write_random_separator(folder, "tiny"),
+            write_random_crnn(folder / "best_model.pt", "small"))
+
+
 def demucs_cli_model(separator: str) -> Tuple[Optional[str], str]:
     """(repo folder or None, model name) for `python -m demucs [--repo R] -n NAME`, from what
     `--separator` takes: a demucs model name, a `.th` file or a repo folder."""

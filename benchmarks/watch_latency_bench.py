@@ -26,25 +26,13 @@ import statistics
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 
 def small_models(folder: Path):
-    import torch
-    from demucs.htdemucs import HTDemucs
+    from highlightsense.benchmarks.bench_support import write_small_models
 
-    from highlightsense.model.crnn import CrnnConfig, HighlightSenseModel
-    from highlightsense.model.separator import save_package
-
-    torch.manual_seed(0)
-    separator = HTDemucs(["drums", "bass", "other", "vocals"], segment=Fraction(2), channels=4,
-                         depth=4, nfft=4096, t_layers=1, t_heads=1, dconv_comp=2)
-    save_package(separator, folder / "tiny.th")
-    crnn = HighlightSenseModel.from_config(CrnnConfig(cnn_channels=(4, 8, 8, 16), rnn_hidden=12,
-                                                      att_dim=6, classifier_hidden=10))
-    torch.save({"model": crnn.state_dict(), "epochs": 1}, folder / "best_model.pt")
-    return folder / "tiny.th", folder / "best_model.pt"
+    return write_small_models(folder)
 
 
 def run(url: str, overrides: dict, live) -> dict:

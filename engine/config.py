@@ -25,7 +25,7 @@ class Config:
     clips: bool = True
     exact_cuts: bool = False
     audio_stream: Optional[int] = None
-    batch_size: int = 16
+    batch_size: Optional[int] = None  # windows per scoring call; None: the scorer's choice
     chunk_sec: float = 1.0
     queue_size: int = 8
     model: Optional[str] = None
@@ -95,7 +95,7 @@ def _check(cfg: Config) -> Config:
     if cfg.nms_window < 0:
         bad("nms_window", "must not be negative")
     for key in ("top_n", "batch_size", "queue_size", "separator_batch", "hls_fragments"):
-        if getattr(cfg, key) < 1:
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             bad(key, "must be at least 1")
     if cfg.max_duration_sec is not None and cfg.max_duration_sec <= 0:
         bad("max_duration_sec", "must be positive (or null for no limit)")

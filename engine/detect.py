@@ -96,7 +96,7 @@ def run_pipeline(source, stages, scorer, cfg: Config, progress=None, first_windo
                  collect: Optional[CollectScores] = None, checkpoints=None):
     windows = Windows(cfg.window_frames, cfg.stride_frames,
                       pad_frames=getattr(scorer, "pad_frames", None) or cfg.window_frames,
-                      batch_size=cfg.batch_size, first_index=first_window)
+                      batch_size=cfg.batch_size or scorer.batch_size, first_index=first_window)
     collect = collect or CollectScores()
     hooks = [h for h in (progress, checkpoints) if h]
 
@@ -245,7 +245,7 @@ def _held_windows(cfg: Config, features, windows: List[WindowScore], last: int) 
     if not held or held.start != 0:
         return 0, 0
     if held.stop >= features.frames_emitted:  # the whole stream: even a short one's window 0
-        return last + 1, held.stop
+        return last + 1, min(held.stop, last * cfg.stride_frames + cfg.window_frames)
     fit = sum(1 for w in windows[:last + 1]
               if w.index * cfg.stride_frames + cfg.window_frames <= held.stop)
     count = fit if fit == last + 1 else _batch_start(fit, cfg.batch_size)
@@ -310,6 +310,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
            restart: bool = False) -> DetectResult:
     out_dir = prepare_out_dir(out_dir)
     scorer = build_scorer(cfg)
+    cfg = replace(cfg, batch_size=cfg.batch_size or scorer.batch_size)
     from highlightsense.operators.resolve import is_url
 
     device = str(scorer.device) if scorer.name == "crnn" else None

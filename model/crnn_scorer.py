@@ -1,5 +1,5 @@
 """The CRNN as a scorer: batches of padded windows in, confidences and attention peaks out."""
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -18,10 +18,12 @@ class CrnnScorer:
     pad_frames = grid.PADDED_FRAMES  # every window padded to the 60 s the model was trained on
 
     def __init__(self, model: HighlightSenseModel, device: Union[str, torch.device] = "cpu",
-                 batch_size: int = 16):
+                 batch_size: Optional[int] = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.batch_size = max(1, batch_size)
+        # Unset: one window per call on a CPU, where torch's GRU runs about twice as fast one
+        # window at a time (benchmarks/crnn_throughput.py), 16 elsewhere.
+        self.batch_size = max(1, batch_size or (1 if self.device.type == "cpu" else 16))
 
     def features(self):
         """A new feature operator producing what this scorer reads (from separated stems)."""

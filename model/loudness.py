@@ -35,6 +35,7 @@ class LoudnessScorer:
     """
 
     name = "loudness"
+    batch_size = 16  # windows per call: numpy scores a batch at once
     channels = FEATURES  # the features it reads, in LoudnessFeatures' order
 
     def __init__(self, window_sec: float = 30.0, margin_db: float = 3.0, cap_db: float = 20.0,

@@ -1,20 +1,16 @@
 """`detect --model`: decode -> Demucs -> log-mel -> windows -> CRNN, end to end on generated media,
 with a small separator and a small CRNN that the test writes with the real classes."""
 import csv
-from fractions import Fraction
 
 import numpy as np
 import pytest
-import torch
-from demucs.htdemucs import HTDemucs
 
+from highlightsense.benchmarks.bench_support import write_small_models
 from highlightsense.benchmarks.media import write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine.cli import main
 from highlightsense.engine.config import load_config
 from highlightsense.engine.detect import build_scorer, build_stages, run_pipeline
-from highlightsense.model.crnn import CrnnConfig, HighlightSenseModel
-from highlightsense.model.separator import save_package
 from highlightsense.operators.decode import AudioDecoder
 
 
@@ -25,14 +21,7 @@ def files(tmp_path_factory):
     # before it need the second pass.
     vod = SyntheticVod(75, seed=2, moments=[(20.0, 26.0), (60.0, 70.0)], music=[], bangs=[])
     media = write_media(folder / "vod.m4a", vod.blocks())
-    torch.manual_seed(0)
-    separator = HTDemucs(["drums", "bass", "other", "vocals"], segment=Fraction(2), channels=4,
-                         depth=4, nfft=4096, t_layers=1, t_heads=1, dconv_comp=2)
-    save_package(separator, folder / "tiny.th")
-    crnn = HighlightSenseModel.from_config(CrnnConfig(cnn_channels=(4, 8, 8, 16), rnn_hidden=12,
-                                                      att_dim=6, classifier_hidden=10))
-    torch.save({"model": crnn.state_dict(), "epochs": 1}, folder / "best_model.pt")
-    return media, folder / "tiny.th", folder / "best_model.pt"
+    return (media, *write_small_models(folder))
 
 
 def scores(out_dir):

@@ -2,28 +2,13 @@
 import numpy as np
 import pytest
 
+from highlightsense.benchmarks import seed_way
 from highlightsense.engine import grid
 from highlightsense.operators.select import WindowScore, apply_nms, select_highlights
 
 
-def seed_apply_nms(detections, nms_window):
-    """Verbatim logic of the seed notebook's apply_nms, on [idx, start, end, prob] rows."""
-    if not detections:
-        return []
-    detections = sorted(detections, key=lambda x: x[3], reverse=True)
-    kept, removed = [], set()
-    for i, det in enumerate(detections):
-        if i in removed:
-            continue
-        kept.append(det)
-        for j, other in enumerate(detections[i + 1:], start=i + 1):
-            if j in removed:
-                continue
-            overlaps = min(det[2], other[2]) > max(det[1], other[1])
-            close_start = abs(det[1] - other[1]) < nms_window
-            if overlaps or close_start:
-                removed.add(j)
-    return sorted(kept, key=lambda x: x[1])
+# The seed notebook's apply_nms, as it is (kept with the seed's way of the whole job).
+seed_apply_nms = seed_way.apply_nms
 
 
 def seed_select(rows, percentile, nms_window, top_n):
