@@ -20,6 +20,7 @@ stream exact_from() says which frames came out under a lower reference, and a se
 them with reference_db=<this run's reference_db> reproduces the seed's features exactly.
 """
 import math
+import mmap
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -147,7 +148,7 @@ class MelFeatures(Operator):
         # The levels (dB before the reference) of the stream's first `hold_frames` frames, kept
         # so that the second pass can apply the final reference without separating again.
         self.hold_frames = hold_frames
-        self.held: List[FrameChunk] = []
+        self.held = HeldLevels(len(self.stems), N_MELS, hold_frames) if hold_frames else None
         self.frames_emitted = 0  # one past the last frame emitted (absolute)
         self._expected = None  # stream sample the next chunk must start at
         self._first_frame = None  # absolute index of the frame-grid point the run starts at
@@ -163,14 +164,14 @@ class MelFeatures(Operator):
     @property
     def held_frames(self) -> range:
         """The frames whose levels are held: from the run's first on, without a gap."""
-        return range(self.held[0].start, self.held[-1].end) if self.held else range(0)
+        return self.held.frames if self.held else range(0)
 
-    def held_features(self, reference_db: Sequence[float]):
+    def held_features(self, reference_db: Sequence[float], piece: int = 1024):
         """The held frames as features under a fixed reference (the second pass's)."""
         ref = torch.tensor(reference_db, dtype=torch.float32)
-        for chunk in self.held:
-            level = torch.from_numpy(chunk.frames)
-            yield FrameChunk(to_db(level, ref)[0].numpy(), chunk.start)
+        for start in range(self.held_frames.start, self.held_frames.stop, piece):
+            level = torch.from_numpy(self.held.get(start, start + piece))
+            yield FrameChunk(to_db(level, ref)[0].numpy(), start)
 
     @property
     def raises(self) -> List[List[tuple]]:
@@ -264,14 +265,41 @@ class MelFeatures(Operator):
             return []
         level = self.log_mel.frames(frames)
         self.frames_emitted = first + len(frames)
-        if first < self.hold_frames:
-            self.held.append(FrameChunk(level[..., :self.hold_frames - first].cpu().numpy(), first))
+        if self.held is not None and first < self.hold_frames:
+            self.held.add(level[..., :self.hold_frames - first].cpu().numpy(), first)
         db, ref = to_db(level, self._ref)
         rose = torch.diff(ref, dim=1, prepend=self._ref[:, None]) > 0
         for stem, j in rose.nonzero().tolist():
             self._raises[stem].append((first + j, float(ref[stem, j])))
         self._ref = ref[:, -1].clone()
         return [FrameChunk(db.cpu().numpy(), first)]
+
+
+class HeldLevels:
+    """Frames (stems, mels) kept for a later pass, in one anonymous memory map of `capacity`
+    frames: outside malloc's heap, where many long-lived pieces among the pipeline's short-lived
+    buffers would pin memory far beyond their own size; pages count only once written."""
+
+    def __init__(self, stems: int, mels: int, capacity: int):
+        self._map = mmap.mmap(-1, max(1, capacity * stems * mels * 4))
+        self._buf = np.frombuffer(self._map, np.float32, capacity * stems * mels).reshape(
+            capacity, stems, mels)
+        self.frames = range(0)
+
+    def add(self, level: np.ndarray, first: int) -> None:
+        """level (stems, mels, n) of frames first.., following on from those held."""
+        if not self.frames:
+            self.frames = range(first, first)
+        assert first == self.frames.stop, "held frames must follow on"
+        n = min(level.shape[-1], len(self._buf) - (first - self.frames.start))
+        at = first - self.frames.start
+        self._buf[at:at + n] = np.moveaxis(level[..., :n], -1, 0)
+        self.frames = range(self.frames.start, first + n)
+
+    def get(self, start: int, stop: int) -> np.ndarray:
+        """Frames [start, stop) (clipped to those held) as (stems, mels, n)."""
+        a, b = start - self.frames.start, min(stop, self.frames.stop) - self.frames.start
+        return np.ascontiguousarray(np.moveaxis(self._buf[a:b], 0, -1))
 
 
 # soxr_hq 2:1: output samples an input sample moves by more than 1e-7 (measured: 95), rounded up.
