@@ -33,7 +33,6 @@ class DetectResult:
     selection: Selection
     highlights: List[dict]
     metrics: Optional[PipelineMetrics]  # the first pass's (None when a resume skipped it)
-    resumes: List[dict]  # where each resume of this run began (see ProgressRecord)
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
@@ -202,7 +201,7 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
     start = restart_sample(stages, first * cfg.stride_frames) if first else 0
     source = open_source(input_path, cfg, start, record.decoder.get("sync_points"))
     if first:
-        record.note_resume(1, first, first * cfg.stride_frames * grid.HOP / grid.FEATURE_RATE,
+        record.note_resume(1, first, grid.frames_to_sec(first * cfg.stride_frames),
                            start / grid.AUDIO_RATE)
     collect = CollectScores()
     collect.windows = record.windows[:first]
@@ -292,7 +291,7 @@ def rescore_prefix(input_path: str, cfg: Config, scorer, record: ProgressRecord,
         samples = features.samples_through(last_frame) + separate.warmup_samples
         start = restart_sample(stages, first * cfg.stride_frames) if first else 0
         if first and not held:
-            record.note_resume(2, first, first * cfg.stride_frames * grid.HOP / grid.FEATURE_RATE,
+            record.note_resume(2, first, grid.frames_to_sec(first * cfg.stride_frames),
                                start / grid.AUDIO_RATE)
         else:
             log.info("second pass over %s to %s (%d windows): the dB reference is now the whole "
@@ -367,7 +366,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
             f"cannot write the outputs in {out_dir}: {reason}; free space or fix the "
             f"folder, then run the same command again{kept}") from None
     record.remove()  # the summary is written: the run is complete
-    return DetectResult(out_dir, windows, selection, highlights, metrics, record.resumes)
+    return DetectResult(out_dir, windows, selection, highlights, metrics)
 
 
 def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict):

@@ -95,7 +95,6 @@ class ProgressRecord:
     info: dict = field(default_factory=dict)  # what the first pass learnt of the source
     position_sec: float = 0.0  # stream time the stages had reached
     resumes: List[dict] = field(default_factory=list)  # where each resume began, what it redid
-    resumed: bool = False  # this run continues an interrupted one
     enabled: bool = True  # False: nothing is saved (a URL input cannot be reopened at a sample)
 
     @classmethod
@@ -134,10 +133,10 @@ class ProgressRecord:
         record.info = data["info"]
         record.position_sec = data["position_sec"]
         record.resumes = data["resumes"]
-        record.resumed = True
         return record
 
-    def note_resume(self, phase: int, window: int, window_sec: float, decode_from_sec: float):
+    def note_resume(self, phase: int, window: int, window_sec: float, decode_from_sec: float
+                    ) -> None:
         """Log and keep where a resume began: it decodes again from decode_from_sec, the stages'
         warm-up before the window it scores first, plus what the record had not yet kept."""
         redone = {"phase": phase, "window": window, "decode_from_sec": decode_from_sec,

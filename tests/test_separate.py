@@ -23,14 +23,7 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Intra-op threads spin and stall when the machine's cores are busy elsewhere; the tiny
-    # model gains nothing from two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def tiny(seed=0, segment=Fraction(2)):

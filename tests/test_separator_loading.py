@@ -41,13 +41,7 @@ def write_th(model, path):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Intra-op threads spin and stall when the machine's cores are busy elsewhere.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture
