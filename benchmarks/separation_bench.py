@@ -34,6 +34,7 @@ from demucs.htdemucs import HTDemucs
 from highlightsense.benchmarks.media import write_media
 from highlightsense.benchmarks.seed_separation import seed_separate
 from highlightsense.engine.chunks import AudioChunk
+from highlightsense.engine.memory import tune_malloc
 from highlightsense.engine.operator import Operator, Source
 from highlightsense.engine.pipeline import Pipeline
 from highlightsense.model.separator import save_package
@@ -135,10 +136,12 @@ def speed(seconds: float, batch_size: int, device, threads: int) -> None:
               f"model: HTDemucs full-size shape, {params:,} parameters, random weights, "
               f"segment {float(model.segment)} s; torch threads {threads}")
 
-        # The direct run goes first: a pipeline sets glibc's mmap threshold for the whole
-        # process (engine.memory), and the setting stays.
+        # The direct run goes first, with glibc's own malloc settings; the pipeline run then
+        # has the CLI's (engine.memory), which last for the rest of the process.
         runs = {}
         for how in ("direct", "pipeline"):
+            if how == "pipeline":
+                tune_malloc(separating=True)
             op = Separate(model, device=device, batch_size=batch_size)
             written, cpu = write_bytes(), cpu_sec(resource.RUSAGE_SELF)
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -148,8 +151,8 @@ def speed(seconds: float, batch_size: int, device, threads: int) -> None:
             written, cpu = write_bytes() - written, cpu_sec(resource.RUSAGE_SELF) - cpu
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
             runs[how] = wall, cpu
-            where = ("in this thread, decoder then operator" if how == "direct" else
-                     "in the engine's pipeline, its mmap threshold set")
+            where = ("in this thread, decoder then operator, glibc's malloc defaults"
+                     if how == "direct" else "in the engine's pipeline, malloc set as the CLI")
             print(f"operator   : {wall:7.1f} s wall, {seconds / wall:5.2f}x realtime, {cpu:.1f} "
                   f"CPU s, {faults:,} page faults ({where}; device {op.device}, batch "
                   f"{batch_size}); {written:,} bytes written to disk (/proc/self/io); process "
@@ -187,7 +190,7 @@ def run_stream(source, op: Separate, sink: Keep, pipeline: bool) -> None:
     if pipeline:
         asyncio.run(Pipeline(source, [op, sink]).run())
         return
-    for chunk in source:  # without the pipeline, so glibc's malloc keeps its own settings
+    for chunk in source:  # without the pipeline's threads
         for out in op.process(chunk):
             sink.process(out)
     for out in op.flush():
@@ -196,6 +199,8 @@ def run_stream(source, op: Separate, sink: Keep, pipeline: bool) -> None:
 
 def rss_child(minutes: float, threads: int, direct: bool) -> None:
     """One stream through synthetic source -> separate -> sink; print peak RSS as JSON."""
+    if not direct:
+        tune_malloc(separating=True)  # as the CLI runs the pipeline
     torch.set_num_threads(threads)
     op = Separate(small_htdemucs(), device="cpu")
     before = rss_now_mb()

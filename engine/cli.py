@@ -162,11 +162,17 @@ def _duration(text: str) -> float:
     return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
 
 
-def _config(args):
+def _config(args, tune: bool = False):
+    """The settings: configs/default.yaml, then --config, then flags. `tune`: set malloc for
+    the run they describe, before any thread starts or large buffer comes and goes (see
+    engine/memory.py; a model given in a config file separates too)."""
     from highlightsense.engine.config import load_config
 
     overrides = {k: getattr(args, k) for k in _CONFIG_FLAGS if hasattr(args, k)}
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if tune:
+        tune_malloc(separating=cfg.model is not None)
+    return cfg
 
 
 def print_table(rows: List[dict], out=None) -> None:
@@ -183,7 +189,7 @@ def print_table(rows: List[dict], out=None) -> None:
 def _detect(args) -> int:
     from highlightsense.engine.detect import detect
 
-    cfg = _config(args)
+    cfg = _config(args, tune=True)
     try:
         result = detect(args.input, args.out, cfg, show_progress=not args.quiet,
                         restart=args.restart)
@@ -224,7 +230,7 @@ def _threshold_words(cfg, selection) -> str:
 def _watch(args) -> int:
     from highlightsense.engine.watch import WatchOptions, summary_line, watch
 
-    cfg = _config(args)
+    cfg = _config(args, tune=True)
     opts = WatchOptions(rolling_percentile=args.rolling_percentile, horizon_sec=args.horizon,
                         max_delay_sec=args.max_delay, events_path=args.events,
                         webhook=args.webhook, clips_dir=args.clips_dir,
@@ -237,6 +243,7 @@ def _watch(args) -> int:
 def _demo(args) -> int:
     from highlightsense.benchmarks.demo import run_demo
 
+    tune_malloc(separating=False)  # the demo scores with the loudness scorer
     return run_demo(args.out, args.minutes, quiet=args.quiet)
 
 
@@ -248,8 +255,6 @@ def _bench(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
-    # Before any thread starts or large buffer comes and goes (see engine/memory.py).
-    tune_malloc(separating=getattr(args, "model", None) is not None)
     _setup_logging(getattr(args, "quiet", False))
     try:
         return {"detect": _detect, "select": _select, "watch": _watch,

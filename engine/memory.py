@@ -1,32 +1,46 @@
-"""Flat, small memory on long streams: glibc malloc settings, made once per process before the
+"""Fast, flat memory on long streams: glibc malloc settings, made once per process before the
 pipeline's threads start.
 
-Arenas: glibc gives each thread that allocates its own heap arena (up to 8 per core), and every
-stage runs in its own thread, so freed buffers sit in many arenas at once. Two arenas take the
-peak RSS of a full-size model run on 30 s from 2211 to 1711 MB, and a small one's from 975 to
-571 MB, at the same speed (benchmarks/bench.py).
+With Demucs: its forward call allocates and frees several hundred MB of activations, many blocks
+above glibc's largest mmap threshold (32 MB). By default each such block is a fresh mapping,
+zeroed page by page on first touch and unmapped when freed: a full-size HTDemucs segment in a
+worker thread on a 2-core CPU, two arenas, took 2.96 s, 0.79 s in the kernel (415,000 faults). One
+arena, no mappings for blocks (M_MMAP_MAX 0) and no trimming of the heap's top keep those pages
+in the process for the next segment: 2.48 s, under 7,000 faults; the whole 10-minute benchmark
+ran 1.19x faster (benchmarks/bench.py). The heap's size is then the most a segment needs,
+whatever the stream's length.
 
-mmap threshold: glibc raises it each time a large block is freed, after which the pipeline's
-large buffers (a second of audio is ~350 KB) come from heaps that fragment, and the process grows
-with the stream's length: peak RSS was 26% higher on a 60-minute VOD than on a 10-minute one. A
-fixed threshold keeps such buffers in their own mappings, handed back when freed: then 1%
-(benchmarks/detect_bench.py). Only for pipelines without Demucs: its large activations would each
-become a fresh mapping, and separation ran at 0.6x its speed in page faults.
+Without Demucs: glibc raises the mmap threshold each time a large block is freed, after which
+the pipeline's large buffers (a second of audio is ~350 KB) come from heaps that fragment, and
+the process grew with the stream's length: peak RSS was 26% higher on a 60-minute VOD than on a
+10-minute one. A fixed threshold keeps such buffers in their own mappings, handed back when
+freed: then 1% (benchmarks/detect_bench.py). Two arenas, not one per thread: each stage runs in a
+thread of its own, and freed buffers would sit in many arenas at once.
 """
 import ctypes
 import sys
 
-M_MMAP_THRESHOLD = -3  # mallopt parameters, glibc's malloc.h
+# mallopt parameters, glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 LARGE_BUFFER = 256 * 1024
-ARENAS = 2
+NEVER_TRIM = 2 ** 31 - 1  # bytes free at the heap's top before it is handed back: never
 
 _done = False
 
 
+def malloc_settings(separating: bool) -> dict:
+    """The mallopt parameters and values tune_malloc sets."""
+    if separating:
+        return {M_ARENA_MAX: 1, M_MMAP_MAX: 0, M_TRIM_THRESHOLD: NEVER_TRIM}
+    return {M_ARENA_MAX: 2, M_MMAP_THRESHOLD: LARGE_BUFFER}
+
+
 def tune_malloc(separating: bool) -> bool:
-    """Sets glibc's arena count (and, for runs without Demucs, its mmap threshold) once per
-    process; a no-op elsewhere. True if set."""
+    """Sets glibc's malloc for a run with or without Demucs, once per process; a no-op
+    elsewhere. True if set."""
     global _done
     if _done:
         return True
@@ -36,7 +50,6 @@ def tune_malloc(separating: bool) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # no C library symbols to reach: nothing to tune
         return False
-    _done = bool(mallopt(M_ARENA_MAX, ARENAS))
-    if not separating:
-        _done = bool(mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER)) and _done
+    _done = all([bool(mallopt(param, value))
+                 for param, value in malloc_settings(separating).items()])
     return _done
