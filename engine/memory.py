@@ -6,8 +6,8 @@ above glibc's largest mmap threshold (32 MB). By default each such block is a fr
 zeroed page by page on first touch and unmapped when freed: a full-size HTDemucs segment in a
 worker thread on a 2-core CPU, two arenas, took 2.96 s, 0.79 s in the kernel (415,000 faults). One
 arena, no mappings for blocks (M_MMAP_MAX 0) and no trimming of the heap's top keep those pages
-in the process for the next segment: 2.48 s, under 7,000 faults; the whole 10-minute benchmark
-ran 1.19x faster (benchmarks/bench.py). The heap's size is then the most a segment needs,
+in the process for the next segment: 2.48 s, under 7,000 faults; the 10-minute benchmark
+ran 1.2x faster (benchmarks/bench.py). The heap's size is then the most a segment needs,
 whatever the stream's length.
 
 Without Demucs: glibc raises the mmap threshold each time a large block is freed, after which
