@@ -28,14 +28,11 @@ M_ARENA_MAX = -8
 LARGE_BUFFER = 256 * 1024
 NEVER_TRIM = 2 ** 31 - 1  # bytes free at the heap's top before it is handed back: never
 
+# mallopt parameter: value, for runs with Demucs (True) and without (False)
+SETTINGS = {True: {M_ARENA_MAX: 1, M_MMAP_MAX: 0, M_TRIM_THRESHOLD: NEVER_TRIM},
+            False: {M_ARENA_MAX: 2, M_MMAP_THRESHOLD: LARGE_BUFFER}}
+
 _done = False
-
-
-def malloc_settings(separating: bool) -> dict:
-    """The mallopt parameters and values tune_malloc sets."""
-    if separating:
-        return {M_ARENA_MAX: 1, M_MMAP_MAX: 0, M_TRIM_THRESHOLD: NEVER_TRIM}
-    return {M_ARENA_MAX: 2, M_MMAP_THRESHOLD: LARGE_BUFFER}
 
 
 def tune_malloc(separating: bool) -> bool:
@@ -51,5 +48,5 @@ def tune_malloc(separating: bool) -> bool:
     except (OSError, AttributeError):  # no C library symbols to reach: nothing to tune
         return False
     _done = all([bool(mallopt(param, value))
-                 for param, value in malloc_settings(separating).items()])
+                 for param, value in SETTINGS[separating].items()])
     return _done
