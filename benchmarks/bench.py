@@ -336,6 +336,7 @@ def engine_job(spec: dict) -> dict:
                                           "batch_size")}
     overrides.update(half=spec.get("half") or None, clips=False,
                      exact_reference=False if spec.get("single_pass") else None)
+    support.start_io()
     rss_before = support.rss_mb()
     if spec.get("stage"):
         t0 = time.perf_counter()

@@ -16,7 +16,10 @@ Not run on its own. What is measured, and how:
   never counts a tmpfs. `wchar` is every byte passed to write() on any file, pipe or tmpfs. The
   job's stdout/stderr are pipes to the bench, which counts the bytes it receives on them, so
   `wchar - pipe bytes` is the file data written on any filesystem, tmpfs included, exactly:
-  the measure for "no intermediates", with write_bytes beside it as the disk's view.
+  the measure for "no intermediates", with write_bytes beside it as the disk's view. They count
+  from the end of the job's imports (start_io): importing torch's CUDA build runs
+  `ldconfig -p` into a pipe of its own (cuda.pathfinder), which is neither the job's work nor a
+  file.
 - Model compute: forward pre- and post-hooks on the top-level Demucs model(s) and the CRNN add up
   the time of every forward call, in the thread that makes it (on CUDA after a synchronize, so
   the time is the kernels', not their launch).
@@ -286,12 +289,20 @@ def run_job(command: List[str], label: str, quiet: bool = False,
     return result
 
 
+_io_start: Dict[str, int] = {}
+
+
+def start_io() -> None:
+    """Count I/O from here on (once the job's imports are done)."""
+    _io_start.update(io_counters())
+
+
 def final_io() -> Dict[str, int]:
-    """The job's I/O counters at its end, its children's included (call after reaping them),
-    with stdout and stderr flushed first so the pipe bytes are all counted in wchar."""
+    """The job's I/O counters since start_io(), its children's included (call after reaping
+    them), with stdout and stderr flushed first so the pipe bytes are all counted in wchar."""
     sys.stdout.flush()
     sys.stderr.flush()
-    return io_counters()
+    return {k: v - _io_start.get(k, 0) for k, v in io_counters().items()}
 
 
 def filesystem(path) -> str:

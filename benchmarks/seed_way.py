@@ -215,6 +215,7 @@ def seed_job(spec: dict) -> dict:
     device = str(pick_device(spec.get("device")))  # auto: the notebook's cuda-if-available
     say = (lambda text: None) if quiet else (
         lambda text: print(text, file=sys.stderr, flush=True))
+    support.start_io()
     rss_before = support.rss_mb()
     work = Path(spec["work_dir"])
     ckpt_dir, out_dir = work / "checkpoints", work / "output"

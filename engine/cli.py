@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.memory import tune_malloc
+from highlightsense.engine.progress import in_kernel
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -57,6 +58,9 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="highlightsense", description=(
         "Find the highlight moments of long game streams."))
+    from highlightsense import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("detect", help="score a media file or URL and cut its highlights")
@@ -170,7 +174,7 @@ def _config(args, tune: bool = False):
 
     overrides = {k: getattr(args, k) for k in _CONFIG_FLAGS if hasattr(args, k)}
     cfg = load_config(args.config, overrides)
-    if tune:
+    if tune and not in_kernel():  # a notebook's kernel is the user's process: left as it is
         tune_malloc(separating=cfg.model is not None)
     return cfg
 
@@ -243,7 +247,8 @@ def _watch(args) -> int:
 def _demo(args) -> int:
     from highlightsense.benchmarks.demo import run_demo
 
-    tune_malloc(separating=False)  # the demo scores with the loudness scorer
+    if not in_kernel():
+        tune_malloc(separating=False)  # the demo scores with the loudness scorer
     return run_demo(args.out, args.minutes, quiet=args.quiet)
 
 

@@ -1,6 +1,5 @@
 """`detect` and `select`: build the streaming pipeline for one input, run it, choose the
 highlights and write the outputs."""
-import asyncio
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -11,7 +10,7 @@ from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import OutputError
-from highlightsense.engine.pipeline import Pipeline, PipelineMetrics
+from highlightsense.engine.pipeline import Pipeline, PipelineMetrics, run_async
 from highlightsense.engine.chunks import FrameChunk
 from highlightsense.engine.operator import Source
 from highlightsense.engine.progress import Progress, clock
@@ -107,7 +106,7 @@ def run_pipeline(source, stages, scorer, cfg: Config, progress=None, first_windo
                         queue_size=cfg.queue_size, on_progress=on_progress if hooks else None)
     start_sec = getattr(source, "start_sample", 0) / grid.AUDIO_RATE
     pipeline.metrics.start_sec = pipeline.metrics.position_sec = start_sec
-    metrics = asyncio.run(pipeline.run())
+    metrics = run_async(pipeline.run())
     return collect.windows, metrics
 
 
@@ -142,6 +141,7 @@ class Limited(Source):
     def __init__(self, source: Source, max_sec: float):
         self.source, self.max_sec = source, max_sec
         self.limit = round(max_sec * grid.AUDIO_RATE)
+        self.duration_sec = source.duration_sec  # a class attribute: __getattr__ never sees it
 
     def __getattr__(self, name):  # origin_sec, duration_sec, sync_points, ... of the source
         return getattr(self.source, name)

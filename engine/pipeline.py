@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Coroutine, List, Optional, Sequence
 
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import Operator, Source
@@ -107,6 +107,31 @@ class StageThreads(concurrent.futures.Executor):
         if wait:
             for thread in self._threads:
                 thread.join(timeout)
+
+
+def run_async(main: Coroutine):
+    """asyncio.run(main), also where this thread's event loop is already running: a notebook
+    cell runs inside its kernel's loop (Jupyter, Colab), which refuses a second loop in its
+    thread. There `main` runs on a thread of its own, and interrupting the cell cancels it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main)
+    started = {}
+
+    async def tracked():
+        started["loop"], started["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        return await main
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pipeline-loop") as pool:
+        future = pool.submit(asyncio.run, tracked())
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if started:
+                started["loop"].call_soon_threadsafe(started["task"].cancel)
+            concurrent.futures.wait([future])
+            raise
 
 
 class Pipeline:

@@ -31,7 +31,7 @@ from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import Operator
-from highlightsense.engine.pipeline import Pipeline, PipelineMetrics
+from highlightsense.engine.pipeline import Pipeline, PipelineMetrics, run_async
 from highlightsense.engine.progress import Progress, clock
 from highlightsense.operators.events import EventSink
 from highlightsense.operators.fetch import FetchPolicy
@@ -270,7 +270,7 @@ def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
     stopped = False
     metrics = None
     try:
-        metrics = asyncio.run(run())
+        metrics = run_async(run())
     except KeyboardInterrupt:
         stopped = True
     finally:

@@ -40,6 +40,18 @@ def is_cover_art(stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
+# Tags are text the file claims is UTF-8; a damaged or odd one must not stop the decode. PyAV
+# before 19 decodes them strictly unless told otherwise; 19 dropped the option and always decodes
+# with surrogateescape, whose lone surrogates `tag` turns into U+FFFD like "replace" did.
+_OPEN_OPTIONS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+
+
+def tag(stream, key: str) -> str | None:
+    """A stream's metadata tag as printable text (U+FFFD where its bytes were not UTF-8)."""
+    value = stream.metadata.get(key)
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if value else value
+
+
 def open_media(path) -> av.container.InputContainer:
     """Open a file for reading, with the user-facing errors for missing and unreadable files.
 
@@ -52,8 +64,7 @@ def open_media(path) -> av.container.InputContainer:
         if os.path.isdir(path):
             raise HighlightSenseError(f"{path} is a folder; give a media file")
     try:
-        # Tags are text the file claims is UTF-8; a damaged or odd one must not stop the decode.
-        return av.open(path, metadata_errors="replace")
+        return av.open(path, **_OPEN_OPTIONS)
     except av.FFmpegError as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise HighlightSenseError(
@@ -79,7 +90,7 @@ def audio_stream(container, path, stream_index: int | None):
 
 def _describe(stream) -> str:
     cc = stream.codec_context
-    lang = stream.metadata.get("language")
+    lang = tag(stream, "language")
     text = f"{cc.name} {cc.sample_rate} Hz {cc.channels} ch" if cc else "unknown codec"
     return f"{text} ({lang})" if lang else text
 
@@ -177,7 +188,7 @@ class AudioDecoder(Source):
         self.audio_streams = [
             {"index": i, "stream": a.index, "codec": cc and cc.name,
              "rate": cc and cc.sample_rate, "channels": cc and cc.channels,
-             "language": a.metadata.get("language")}
+             "language": tag(a, "language")}
             for i, a in enumerate(self.container.streams.audio)
             for cc in [a.codec_context]]
 

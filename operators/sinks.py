@@ -91,11 +91,14 @@ def read_summary(out_dir: Path) -> dict:
 
 def plot_scores(out_dir: Path, windows: Sequence[WindowScore], selection: Selection,
                 title: str = "") -> Path:
-    import matplotlib
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
+    # A figure of its own on its own Agg canvas: no pyplot, so the caller's backend (a
+    # notebook's inline one, a GUI's) is left as it was, and no display is needed on servers.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig = Figure(figsize=(12, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot([w.start_sec / 60 for w in windows], [w.confidence for w in windows],
             label="confidence", linewidth=1)
     if windows:
@@ -111,5 +114,4 @@ def plot_scores(out_dir: Path, windows: Sequence[WindowScore], selection: Select
     path = Path(out_dir) / PLOT_PNG
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path

@@ -202,3 +202,12 @@ def test_ctrl_c_stops_promptly_even_while_the_input_stalls(tmp_path):
     assert proc.returncode == 130
     assert b"interrupted" in err + rest
     assert not (out / "highlights.json").exists()
+
+
+def test_version(capsys):
+    from highlightsense import __version__
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out == f"highlightsense {__version__}\n"  # e.g. "... 0.1.0"

@@ -228,3 +228,16 @@ def test_pts_of_first_packet_not_zero_in_mp3(tmp_path):
         stream = container.streams.audio[0]
         assert decoder.origin_sec == pytest.approx(float(stream.start_time * stream.time_base))
     assert find_beeps(decoded) == pytest.approx([2.0], abs=0.002)
+
+
+def test_tags_that_are_not_utf8_read_as_replacement_characters():
+    """PyAV 19 reads tags with surrogateescape (earlier ones as open_media asks: "replace"):
+    either way a tag reaches messages and JSON as printable text."""
+    from types import SimpleNamespace
+
+    from highlightsense.operators.decode import tag
+
+    stream = SimpleNamespace(metadata={"language": "e\udce2n", "title": "plain"})
+    assert tag(stream, "language") == "e\ufffdn"
+    assert tag(stream, "title") == "plain" and tag(stream, "missing") is None
+    assert tag(stream, "language").encode("utf-8")  # printable: the surrogate would raise

@@ -1,8 +1,10 @@
 """The progress line: position / duration, x realtime, ETA, the busiest stage."""
 import io
+import sys
+import types
 
 from highlightsense.engine.pipeline import PipelineMetrics, StageMetrics
-from highlightsense.engine.progress import Progress
+from highlightsense.engine.progress import TERMINAL, TEXT, WIDGET, Progress, progress_display
 
 
 def test_progress_line_and_final_line():
@@ -21,3 +23,33 @@ def test_progress_line_and_final_line():
     progress(m)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "ETA" not in lines[-1]
+
+
+def fake_ipython(monkeypatch, shell):
+    """IPython as sys.modules shows it: `shell` is what get_ipython() returns."""
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+
+
+def test_display_outside_a_kernel_is_the_terminal_and_imports_no_ipython(monkeypatch):
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert progress_display() == TERMINAL
+    assert Progress(60.0).display == TERMINAL
+    assert "IPython" not in sys.modules  # the CLI pays nothing for the notebook path
+    fake_ipython(monkeypatch, None)  # IPython imported, no shell running
+    assert progress_display() == TERMINAL
+    fake_ipython(monkeypatch, types.SimpleNamespace())  # the terminal IPython: no kernel
+    assert progress_display() == TERMINAL
+
+
+def test_display_in_a_kernel_is_the_notebook_bar_or_its_text_fallback(monkeypatch):
+    import tqdm.notebook  # before IPython is faked: it imports IPython.display if it can
+
+    fake_ipython(monkeypatch, types.SimpleNamespace(kernel=object()))  # Jupyter's, Colab's shell
+    monkeypatch.setattr(tqdm.notebook, "IProgress", object())  # ipywidgets there
+    assert progress_display() == WIDGET
+    assert Progress(60.0).display == WIDGET
+    assert Progress(60.0, stream=io.StringIO()).display == TERMINAL  # a stream given: as asked
+    monkeypatch.setattr(tqdm.notebook, "IProgress", None)  # no ipywidgets: tqdm cannot draw
+    assert progress_display() == TEXT
