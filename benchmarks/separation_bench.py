@@ -179,7 +179,7 @@ def speed(seconds: float, batch_size: int, device, threads: int) -> None:
 
 def separate_file(op: Separate, path, pipeline: bool) -> np.ndarray:
     """Decode `path` and separate it, through the pipeline or in this thread; the stems."""
-    from highlightsense.operators.decode import AudioDecoder
+    from highlightsense.operators.sources.decode import AudioDecoder
 
     sink = Keep(keep=True)
     run_stream(AudioDecoder(path), op, sink, pipeline)

@@ -15,7 +15,7 @@ from highlightsense.engine.chunks import FrameChunk
 from highlightsense.engine.operator import Source
 from highlightsense.engine.progress import Progress, clock
 from highlightsense.engine.resume import Checkpoints, ProgressRecord, fingerprint
-from highlightsense.operators import sinks
+from highlightsense.operators.sinks import plot, tables
 from highlightsense.operators.score import Score
 from highlightsense.operators.select import CollectScores, Selection, WindowScore, select_highlights
 from highlightsense.operators.windows import Windows
@@ -162,8 +162,8 @@ def open_source(input_path: str, cfg: Config, start_sample: int = 0,
                 sync_points=None) -> Source:
     """The decoder for a media file, or for a URL (resolved with yt-dlp, decoded as it arrives,
     nothing downloaded first). A file can be opened at a later sample (a resumed run)."""
-    from highlightsense.operators.decode import AudioDecoder
-    from highlightsense.operators.resolve import is_url, open_audio
+    from highlightsense.operators.sources.decode import AudioDecoder
+    from highlightsense.operators.sources.resolve import is_url, open_audio
 
     if is_url(input_path):
         source = open_audio(input_path, cfg.audio_stream, cfg.chunk_sec,
@@ -310,7 +310,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
     out_dir = prepare_out_dir(out_dir)
     scorer = build_scorer(cfg)
     cfg = replace(cfg, batch_size=cfg.batch_size or scorer.batch_size)
-    from highlightsense.operators.resolve import is_url
+    from highlightsense.operators.sources.resolve import is_url
 
     device = str(scorer.device) if scorer.name == "crnn" else None
     record = ProgressRecord.begin(out_dir, fingerprint(input_path, cfg, scorer.name, device),
@@ -318,7 +318,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
     record.enabled = not is_url(input_path)  # a URL's stream cannot be reopened at a sample
     # The completion marker of an earlier run goes first, so a failed re-run cannot leave a
     # folder that looks complete but mixes two runs.
-    (out_dir / sinks.SUMMARY_JSON).unlink(missing_ok=True)
+    (out_dir / tables.SUMMARY_JSON).unlink(missing_ok=True)
     separator_model, metrics, held_features = None, None, None
     if record.phase == 1:
         windows, source, stages, metrics = first_pass(input_path, cfg, scorer, record,
@@ -356,7 +356,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
         record.save()
     info = dict(record.info, resumes=record.resumes) if record.resumes else record.info
     try:
-        sinks.write_scores(out_dir, windows)
+        tables.write_scores(out_dir, windows)
         selection, highlights = finish(out_dir, windows, cfg, info)
     except (OSError, OutputError) as e:
         kept = (" (the scores are saved: it will not score again)" if record.enabled
@@ -382,10 +382,10 @@ def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict):
         log.warning("all %d windows score the same (%.4f): nothing stands out, no clips chosen",
                     len(windows), windows[0].confidence)
         selection = Selection(selection.threshold, [], [], [])
-    sinks.plot_scores(out_dir, windows, selection, title=Path(info["source"]).name)
+    plot.plot_scores(out_dir, windows, selection, title=Path(info["source"]).name)
     clips = cut_clips(out_dir, selection, cfg, info) if cfg.clips and selection.top else None
-    rows = sinks.highlight_rows(selection, clips)
-    sinks.write_clips_csv(out_dir, rows)
+    rows = tables.highlight_rows(selection, clips)
+    tables.write_clips_csv(out_dir, rows)
     summary = dict(info)
     summary.update({
         "settings": cfg.selection_settings(),
@@ -395,19 +395,19 @@ def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict):
         "after_nms": len(selection.kept),
         "highlights": rows,
     })
-    sinks.write_summary(out_dir, summary)
+    tables.write_summary(out_dir, summary)
     return selection, rows
 
 
 def cut_clips(out_dir: Path, selection: Selection, cfg: Config, info: dict):
-    from highlightsense.operators.clips import cut_clips as cut
+    from highlightsense.operators.sinks.clips import cut_clips as cut
 
-    from highlightsense.operators.resolve import is_url
+    from highlightsense.operators.sources.resolve import is_url
 
     clips_dir = out_dir / "clips"
     clips_dir.mkdir(exist_ok=True)
-    if is_url(info["source"]):  # only each clip's range travels: see operators.remote_clips
-        from highlightsense.operators.remote_clips import cut_url_clips as cut
+    if is_url(info["source"]):  # only each clip's range travels: see operators.sinks.remote_clips
+        from highlightsense.operators.sinks.remote_clips import cut_url_clips as cut
         results = cut(info["source"], clips_dir, [(w.start_sec, w.end_sec) for w in selection.top],
                       origin_sec=info["origin_sec"], timeline=info.get("timeline"),
                       exact=cfg.exact_cuts, stream_index=info.get("audio_stream"),
@@ -427,24 +427,24 @@ def cut_clips(out_dir: Path, selection: Selection, cfg: Config, info: dict):
 def reselect(out_dir: Path, cfg: Config) -> tuple:
     """`select`: selection and clips again from saved scores, without touching the audio."""
     out_dir = Path(out_dir)
-    if not (out_dir / sinks.SCORES_CSV).exists() or not (out_dir / sinks.SUMMARY_JSON).exists():
+    if not (out_dir / tables.SCORES_CSV).exists() or not (out_dir / tables.SUMMARY_JSON).exists():
         raise HighlightSenseError(
-            f"{out_dir} holds no finished detect run (no {sinks.SCORES_CSV} and "
-            f"{sinks.SUMMARY_JSON}); run `highlightsense detect INPUT --out {out_dir}` first")
-    windows = sinks.read_scores(out_dir)
-    summary = sinks.read_summary(out_dir)
+            f"{out_dir} holds no finished detect run (no {tables.SCORES_CSV} and "
+            f"{tables.SUMMARY_JSON}); run `highlightsense detect INPUT --out {out_dir}` first")
+    windows = tables.read_scores(out_dir)
+    summary = tables.read_summary(out_dir)
     info = {k: v for k, v in summary.items()
             if k not in ("settings", "threshold", "windows", "windows_above_threshold",
                          "after_nms", "highlights")}
     # The scores fix the windows: keep the window settings they were computed with.
     saved = summary.get("settings", {})
     cfg = replace(cfg, **{k: saved[k] for k in ("window_sec", "stride_sec") if k in saved})
-    from highlightsense.operators.resolve import is_url
+    from highlightsense.operators.sources.resolve import is_url
 
     if cfg.clips and not is_url(info["source"]) and not os.path.exists(info["source"]):
         raise HighlightSenseError(
             f"the source {info['source']} is gone; clips need it (or pass --no-clips)")
-    (out_dir / sinks.SUMMARY_JSON).unlink()
+    (out_dir / tables.SUMMARY_JSON).unlink()
     try:
         return finish(out_dir, windows, cfg, info)
     except OSError as e:

@@ -5,9 +5,9 @@
 
 The audio-only rendition is analysed where the stream has one; with --clips, the video
 rendition's recent segments are kept in a rolling buffer and each highlight's clip is cut from
-there (operators.remote_clips.SegmentBuffer). Selection is operators.online_select: an absolute
-threshold or a rolling percentile, the seed's greedy NMS decided window by window, forced (and
-marked so) at max_delay seconds of stream past a window's end.
+there (operators.sinks.remote_clips.SegmentBuffer). Selection is operators.online_select: an
+absolute threshold or a rolling percentile, the seed's greedy NMS decided window by window,
+forced (and marked so) at max_delay seconds of stream past a window's end.
 
 Latency has two parts: what the scorer must hear after a window before it can score it (the
 loudness scorer's background looks about 62 s ahead, so its windows are scored about a minute
@@ -33,8 +33,8 @@ from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import Operator
 from highlightsense.engine.pipeline import Pipeline, PipelineMetrics, run_async
 from highlightsense.engine.progress import Progress, clock
-from highlightsense.operators.events import EventSink
-from highlightsense.operators.fetch import FetchPolicy
+from highlightsense.operators.sinks.events import EventSink
+from highlightsense.operators.sources.fetch import FetchPolicy
 from highlightsense.operators.online_select import Decision, OnlineSelect
 from highlightsense.operators.score import Score
 from highlightsense.operators.windows import Windows
@@ -136,7 +136,7 @@ def _ts(sec: float) -> str:
 def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
           show_progress: bool = True) -> WatchResult:
     from highlightsense.engine.detect import build_scorer, build_stages
-    from highlightsense.operators.resolve import open_audio, resolve
+    from highlightsense.operators.sources.resolve import open_audio, resolve
 
     opts = opts or WatchOptions()
     if opts.threshold is not None and opts.rolling_percentile is not None:
@@ -193,7 +193,7 @@ def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
             log.warning("%s has no HLS video rendition: no clips", url)
             clips_dir = None
         else:
-            from highlightsense.operators.remote_clips import SegmentBuffer
+            from highlightsense.operators.sinks.remote_clips import SegmentBuffer
 
             buffer = SegmentBuffer(video.url, keep_sec=max_delay + 3 * reach + 60,
                                    policy=video.policy(opts.policy), start=opts.start,
@@ -224,7 +224,7 @@ def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
                           position=lambda: pipeline_box["p"].metrics.position_sec)
 
     def cut_clips() -> None:
-        from highlightsense.operators.hls import stream_to_container
+        from highlightsense.operators.sources.hls import stream_to_container
 
         while (event := clip_jobs.get()) is not None:
             stem = clips_dir / f"highlight_{event['id']:04d}"

@@ -14,7 +14,7 @@ from highlightsense.benchmarks.media import corrupt_bytes, write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine import grid
 from highlightsense.engine.cli import main
-from highlightsense.operators.decode import AudioDecoder
+from highlightsense.operators.sources.decode import AudioDecoder
 from processes import interruptible, wait_for_line
 
 MOMENTS = [(40.0, 50.0), (95.0, 104.0)]

@@ -5,8 +5,8 @@ import pytest
 
 from highlightsense.benchmarks.media import beeps, find_beeps, read_frame_number, write_media
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.clips import ClipResult, cut_clip, cut_clips
-from highlightsense.operators.decode import AudioDecoder
+from highlightsense.operators.sinks.clips import ClipResult, cut_clip, cut_clips
+from highlightsense.operators.sources.decode import AudioDecoder
 
 RATE = 44100
 FPS = 10

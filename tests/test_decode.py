@@ -9,7 +9,7 @@ import pytest
 from highlightsense.benchmarks.media import (beeps, blocks_of, corrupt_bytes, find_beeps, tone,
                                              write_media)
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.decode import AudioDecoder, probe
+from highlightsense.operators.sources.decode import AudioDecoder, probe
 
 RATE = 44100
 AAC_FRAME = 1024
@@ -235,7 +235,7 @@ def test_tags_that_are_not_utf8_read_as_replacement_characters():
     either way a tag reaches messages and JSON as printable text."""
     from types import SimpleNamespace
 
-    from highlightsense.operators.decode import tag
+    from highlightsense.operators.sources.decode import tag
 
     stream = SimpleNamespace(metadata={"language": "e\udce2n", "title": "plain"})
     assert tag(stream, "language") == "e\ufffdn"

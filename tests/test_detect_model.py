@@ -11,7 +11,7 @@ from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine.cli import main
 from highlightsense.engine.config import load_config
 from highlightsense.engine.detect import build_scorer, build_stages, run_pipeline
-from highlightsense.operators.decode import AudioDecoder
+from highlightsense.operators.sources.decode import AudioDecoder
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 logging.disable(logging.WARNING)  # the decoder's warnings about the damage are expected
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.decode import AudioDecoder
+from highlightsense.operators.sources.decode import AudioDecoder
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     job = json.loads(line)

@@ -10,10 +10,10 @@ import pytest
 from highlightsense.benchmarks.hls_server import HlsMedia, HlsServer
 from highlightsense.benchmarks.media import beeps, find_beeps, tone, write_media
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.decode import AudioDecoder
-from highlightsense.operators.fetch import FetchPolicy
-from highlightsense.operators.hls import (HlsAudioSource, HlsReader, MasterPlaylist,
-                                          MediaPlaylist, parse_playlist)
+from highlightsense.operators.sources.decode import AudioDecoder
+from highlightsense.operators.sources.fetch import FetchPolicy
+from highlightsense.operators.sources.hls import (HlsAudioSource, HlsReader, MasterPlaylist,
+                                                  MediaPlaylist, parse_playlist)
 
 RATE = 44100
 BEEPS = [1.0, 5.5, 13.0, 18.2]

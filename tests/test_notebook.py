@@ -186,7 +186,7 @@ import json, sys
 import matplotlib
 matplotlib.use("svg")  # a caller's backend other than Agg, available without a display
 from highlightsense.operators.select import Selection, WindowScore
-from highlightsense.operators.sinks import plot_scores
+from highlightsense.operators.sinks.plot import plot_scores
 windows = [WindowScore(i, 5.0 * i, 5.0 * i + 30, (i % 7) / 7, 5.0 * i + 15) for i in range(30)]
 selection = Selection(0.7, windows[5:7], windows[5:7], [windows[6], windows[13]])
 path = plot_scores(sys.argv[1], windows, selection, title="stream.mp4")

@@ -30,7 +30,15 @@ def project():
 def package_dirs():
     """{package: source folder} from [tool.setuptools]'s packages and package-dir."""
     setup = project()["tool"]["setuptools"]
-    return {pkg: ROOT / setup["package-dir"][pkg] for pkg in setup["packages"]}
+    dirs = setup["package-dir"]
+
+    def folder(pkg: str) -> Path:  # a subpackage lies inside its parent's folder, as setuptools has it
+        if pkg in dirs:
+            return ROOT / dirs[pkg]
+        parent, _, name = pkg.rpartition(".")
+        return folder(parent) / name
+
+    return {pkg: folder(pkg) for pkg in setup["packages"]}
 
 
 def run(cmd, **kw):

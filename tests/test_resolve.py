@@ -13,9 +13,9 @@ from highlightsense.engine.cli import main
 from highlightsense.engine.config import load_config
 from highlightsense.engine.detect import build_scorer, build_stages, run_pipeline
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.decode import AudioDecoder
-from highlightsense.operators.fetch import FetchPolicy, HttpFile
-from highlightsense.operators.resolve import is_url, open_audio, resolve
+from highlightsense.operators.sources.decode import AudioDecoder
+from highlightsense.operators.sources.fetch import FetchPolicy, HttpFile
+from highlightsense.operators.sources.resolve import is_url, open_audio, resolve
 
 MOMENTS = [(30.0, 40.0), (70.0, 78.0)]
 

@@ -17,7 +17,7 @@ from highlightsense.benchmarks.media import write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine.cli import main
 from highlightsense.engine.resume import RECORD_NAME
-from highlightsense.operators.decode import AudioDecoder
+from highlightsense.operators.sources.decode import AudioDecoder
 from highlightsense.operators.mel_features import MelFeatures
 from highlightsense.engine.chunks import AudioChunk
 from highlightsense.operators.separate import STEMS

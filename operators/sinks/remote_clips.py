@@ -10,8 +10,8 @@
 Stream time (the analysed audio's) maps to the video's timestamps through the audio's
 TimelineEntry: HLS renditions share timestamps and discontinuity numbers (RFC 8216, 6.2.4), so
 a clip is cut from the video segments of the same discontinuity, at the same timestamps.
-Cutting itself is operators.clips.cut_clip (stream copy from the keyframe at or before the start,
-or exact re-encoding).
+Cutting itself is operators.sinks.clips.cut_clip (stream copy from the keyframe at or before the
+start, or exact re-encoding).
 """
 import io
 import logging
@@ -24,10 +24,10 @@ from typing import List, Optional, Sequence, Tuple
 import av
 
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.clips import ClipResult, cut_clip
-from highlightsense.operators.fetch import Download, FetchPolicy, HttpFile, fetch_bytes
-from highlightsense.operators.hls import (HlsReader, Segment, TimelineEntry, load_media_playlist,
-                                          stream_to_container)
+from highlightsense.operators.sinks.clips import ClipResult, cut_clip
+from highlightsense.operators.sources.fetch import Download, FetchPolicy, HttpFile, fetch_bytes
+from highlightsense.operators.sources.hls import (HlsReader, Segment, TimelineEntry,
+                                                  load_media_playlist, stream_to_container)
 
 log = logging.getLogger("highlightsense")
 
@@ -63,7 +63,7 @@ def cut_url_clips(url: str, clips_dir, windows: Sequence[Tuple[float, float]], o
                   policy: Optional[FetchPolicy] = None, resolution=None) -> List[ClipResult]:
     """`detect URL`'s clips: each (start, end) of stream time into clips_dir/highlight_NN.*,
     from yt-dlp's "best" format of url (its audio format when it has no video)."""
-    from highlightsense.operators.resolve import resolve
+    from highlightsense.operators.sources.resolve import resolve
 
     resolution = resolution or resolve(url)
     stream = resolution.video or resolution.audio

@@ -1,10 +1,10 @@
-"""Sinks: the run's outputs, with the seed's columns, each written atomically.
+"""The run's tables, with the seed's columns, each written atomically.
 
 raw_window_scores.csv  every window: window_index, start_sec, end_sec, confidence (+ peak_sec)
 final_clips_metadata.csv  the chosen clips: the seed's columns (+ peak and the real cut times)
 highlights.json  everything above plus the run's settings; written last, so its presence means
                  the run finished
-scores.png  confidence over time, the threshold line, the chosen clips marked
+(scores.png, the plot beside them: sinks/plot.py)
 """
 import csv
 import io
@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from highlightsense.engine.files import atomic_path, write_text
+from highlightsense.engine.files import write_text
 from highlightsense.operators.select import Selection, WindowScore
 
 SCORES_CSV = "raw_window_scores.csv"
 CLIPS_CSV = "final_clips_metadata.csv"
 SUMMARY_JSON = "highlights.json"
-PLOT_PNG = "scores.png"
 SCORE_COLUMNS = ["window_index", "start_sec", "end_sec", "confidence", "peak_sec"]
 CLIP_COLUMNS = ["rank", "start_sec", "end_sec", "start_ts", "end_ts", "duration_sec",
                 "confidence", "clip_path", "peak_sec", "clip_start_sec", "clip_end_sec", "cut"]
@@ -87,31 +86,3 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
 def read_summary(out_dir: Path) -> dict:
     with open(Path(out_dir) / SUMMARY_JSON) as f:
         return json.load(f)
-
-
-def plot_scores(out_dir: Path, windows: Sequence[WindowScore], selection: Selection,
-                title: str = "") -> Path:
-    # A figure of its own on its own Agg canvas: no pyplot, so the caller's backend (a
-    # notebook's inline one, a GUI's) is left as it was, and no display is needed on servers.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.plot([w.start_sec / 60 for w in windows], [w.confidence for w in windows],
-            label="confidence", linewidth=1)
-    if windows:
-        ax.axhline(selection.threshold, color="red", linestyle="--", label="threshold")
-    for rank, w in enumerate(selection.top, start=1):
-        ax.axvspan(w.start_sec / 60, w.end_sec / 60, color="orange", alpha=0.3,
-                   label="chosen clips" if rank == 1 else None)
-        ax.annotate(str(rank), (w.start_sec / 60, w.confidence), fontsize=8)
-    ax.set_xlabel("time (min)")
-    ax.set_ylabel("confidence")
-    ax.set_title(title)
-    ax.legend(loc="best")
-    path = Path(out_dir) / PLOT_PNG
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path

@@ -19,7 +19,7 @@ Recognised marks:
   - EXT-X-CUE-OUT ... EXT-X-CUE-IN, and segments tagged EXT-X-CUE-OUT-CONT (SCTE-35 ad breaks,
     EXT-OATCLS-SCTE35 being part of the same cue).
 
-Fetching. Up to `parallel` segments download at once (operators.fetch: retries, resume by
+Fetching. Up to `parallel` segments download at once (operators.sources.fetch: retries, resume by
 Range, watchdog); they are handed on strictly in playlist order, and each can be read while it
 is still arriving.
 
@@ -43,7 +43,7 @@ from highlightsense.engine.chunks import AudioChunk
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.grid import AUDIO_RATE
 from highlightsense.engine.operator import Source
-from highlightsense.operators.fetch import Download, FetchPolicy, fetch_bytes
+from highlightsense.operators.sources.fetch import Download, FetchPolicy, fetch_bytes
 
 log = logging.getLogger("highlightsense")
 
@@ -533,7 +533,7 @@ class HlsAudioSource(Source):
         if self._iterated:
             raise RuntimeError("HlsAudioSource can be iterated only once")
         self._iterated = True
-        from highlightsense.operators.decode import AudioDecoder
+        from highlightsense.operators.sources.decode import AudioDecoder
 
         fragments = self.reader.fragments()
         first = next(fragments, None)

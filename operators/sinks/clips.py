@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.decode import audio_stream, is_cover_art, open_media
+from highlightsense.operators.sources.decode import audio_stream, is_cover_art, open_media
 
 # Audio codecs an .mp4 holds (and players play); others are re-encoded to AAC next to copied video.
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}

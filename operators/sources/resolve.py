@@ -6,8 +6,8 @@ video: yt-dlp's "best" (the seed's `yt-dlp -g -f best`). Direct media URLs and .
 through yt-dlp's generic extractor. yt-dlp's HTTP headers for the format travel with our requests.
 
 open_audio() makes the Source for a URL: HLS is decoded segment by segment as it arrives
-(operators.hls); a plain media file is read over HTTP with range requests (operators.fetch) and
-decoded as it streams. Nothing is downloaded to disk first.
+(operators.sources.hls); a plain media file is read over HTTP with range requests
+(operators.sources.fetch) and decoded as it streams. Nothing is downloaded to disk first.
 """
 import logging
 import re
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.fetch import FetchPolicy, HttpFile
+from highlightsense.operators.sources.fetch import FetchPolicy, HttpFile
 
 log = logging.getLogger("highlightsense")
 
@@ -116,8 +116,8 @@ def open_audio(url: str, stream_index: Optional[int] = None, chunk_sec: float = 
                poll_sec: Optional[float] = None, resolution: Optional[Resolution] = None):
     """The Source for a URL: AudioChunks decoded as the stream arrives. The Resolution is kept
     as `.resolution` (clips need its video stream)."""
-    from highlightsense.operators.decode import AudioDecoder
-    from highlightsense.operators.hls import HlsAudioSource
+    from highlightsense.operators.sources.decode import AudioDecoder
+    from highlightsense.operators.sources.hls import HlsAudioSource
 
     resolution = resolution or resolve(url)
     audio = resolution.audio
