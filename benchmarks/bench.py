@@ -71,6 +71,7 @@ from typing import List, Optional
 
 from highlightsense.benchmarks import bench_support as support
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.observer import RunObserver
 
 STAGE_NAMES = ("decode", "separate", "features", "loudness_features", "windows", "score",
                "collect")
@@ -83,7 +84,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("input")
     src.add_argument("--input", metavar="FILE", help="media file to run on (default: generated)")
     src.add_argument("--minutes", type=float, default=10.0,
-                     help="length of the generated input (default 10)")
+                     help="length of the generated input (default %(default)g)")
     src.add_argument("--input-seed", type=int, default=0, help="generated input's seed")
     src.add_argument("--container", default="m4a", help="generated input's container: m4a "
                      "(audio only, default), or mp4/mkv (with a small video)")
@@ -118,7 +119,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     run.add_argument("--rss-minutes", type=float, nargs="+", metavar="M",
                      help="peak RSS of the engine on generated inputs of these lengths")
     run.add_argument("--rss-separator", default="small", choices=support.SEPARATOR_SIZES,
-                     help="random Demucs for --rss-minutes (default small)")
+                     help="random Demucs for --rss-minutes (default %(default)s)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object, no table")
     out.add_argument("--json-out", metavar="FILE", help="also write the JSON object here")
@@ -126,13 +127,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `bench` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "bench", help="measure the engine (per stage, end to end), or compare with the seed's way",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def declare(p: argparse.ArgumentParser) -> None:
+    """Fill the CLI's `bench` parser: its description and flags. engine/cli.py declares the
+    command (and its one-line help) without importing this module, and calls this only when the
+    command is bench, so that measurement code stays out of the other commands' runs."""
+    p.description = __doc__.split("\n\n")[0]
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     add_flags(p)
-    return p
 
 
 # ---- the engine job (runs in a fresh child process) -------------------------------------------
@@ -241,76 +242,55 @@ def _operators(cfg, scorer, stages, collect):
     from highlightsense.operators.score import Score
     from highlightsense.operators.windows import Windows
 
-    windows = Windows(cfg.window_frames, cfg.stride_frames,
-                      pad_frames=getattr(scorer, "pad_frames", None) or cfg.window_frames,
-                      batch_size=cfg.batch_size or scorer.batch_size)
-    return [*stages, windows, Score(scorer), collect]
+    return [*stages, Windows.for_scorer(cfg, scorer), Score(scorer), collect]
 
 
-class _Probe:
-    """Measures the engine's real `detect` from the inside, in the job's process only: the
-    module's builders, collector, progress and second pass are wrapped (module globals of
-    engine.detect), so forward timers go on the models it loads, the first scored window and
-    the queue depths are seen, and the progress record's writes are counted apart."""
+class _Probe(RunObserver):
+    """Measures the engine's real `detect` from the inside, in the job's process only, through
+    detect's observer hooks: forward timers go on the models it loads, the first scored window
+    and the queue depths are seen, and the progress record's writes are counted apart."""
 
     def __init__(self, quiet: bool):
-        from highlightsense.engine import detect as D
-        from highlightsense.engine.resume import ProgressRecord
-
+        self.quiet = quiet
         self.t0 = time.perf_counter()
         self.first_sec = self.pipeline_started = None
         self.scorer, self.stages, self.timers, self.monitors = None, [], {}, []
         self.hooked = set()
         self.second_pass_sec, self.record_bytes, self.record_saves = None, 0, 0
         self.exact_from_sec = self.rescored = None
-        probe = self
-        build_scorer, build_stages, rescore = D.build_scorer, D.build_stages, D.rescore_prefix
-        collect_class, save = D.CollectScores, ProgressRecord.save
+        self._second_began = None
 
-        def scorer_(cfg):
-            probe.scorer = build_scorer(cfg)
-            _timers([], probe.scorer, probe.timers, probe.hooked)
-            return probe.scorer
+    def scorer_ready(self, scorer) -> None:
+        self.scorer = scorer
+        _timers([], scorer, self.timers, self.hooked)
 
-        def stages_(*args, **kwargs):
-            stages = build_stages(*args, **kwargs)
-            probe.stages.append(stages)
-            _timers(stages, None, probe.timers, probe.hooked)
-            return stages
+    def stages_built(self, stages) -> None:
+        self.stages.append(stages)
+        _timers(stages, None, self.timers, self.hooked)
 
-        def rescore_(*args, **kwargs):
-            record = next((a for a in args if hasattr(a, "exact_from")), None)
-            if record is not None and args and hasattr(args[1], "stride_frames"):
-                probe.exact_from_sec = record.exact_from * 512 / 22050
-                probe.rescored = sum(1 for w in record.windows
-                                     if w.index * args[1].stride_frames < record.exact_from)
-            began = time.perf_counter()
-            try:
-                return rescore(*args, **kwargs)
-            finally:
-                probe.second_pass_sec = time.perf_counter() - began
+    def pass_started(self, name, duration_sec) -> None:
+        if self.pipeline_started is None:
+            self.pipeline_started = time.perf_counter() - self.t0
+        self.monitors.append(_Monitor(duration_sec, True))  # detect shows the progress itself
 
-        class TimedCollect(collect_class):
-            def process(self, scored):
-                if probe.first_sec is None and len(scored):
-                    probe.first_sec = time.perf_counter() - probe.t0
-                return super().process(scored)
+    def progress(self, metrics) -> None:
+        self.monitors[-1](metrics)
 
-        def progress_(duration, *args, **kwargs):
-            monitor = _Monitor(duration, quiet)
-            if probe.pipeline_started is None:
-                probe.pipeline_started = time.perf_counter() - probe.t0
-            probe.monitors.append(monitor)
-            return monitor
+    def scored(self, scored) -> None:
+        if self.first_sec is None and len(scored):
+            self.first_sec = time.perf_counter() - self.t0
 
-        def save_(record):
-            save(record)
-            if record.enabled and record.path.exists():
-                probe.record_saves += 1
-                probe.record_bytes += record.path.stat().st_size
+    def second_pass(self, exact_from_frame, windows) -> None:
+        self.exact_from_sec = exact_from_frame * 512 / 22050
+        self.rescored = windows
+        self._second_began = time.perf_counter()
 
-        D.build_scorer, D.build_stages, D.rescore_prefix = scorer_, stages_, rescore_
-        D.CollectScores, D.Progress, ProgressRecord.save = TimedCollect, progress_, save_
+    def second_pass_done(self) -> None:
+        self.second_pass_sec = time.perf_counter() - self._second_began
+
+    def record_saved(self, record) -> None:
+        self.record_saves += 1
+        self.record_bytes += record.path.stat().st_size
 
 
 def _outputs(folder: Path) -> List[Path]:
@@ -331,6 +311,7 @@ def engine_job(spec: dict) -> dict:
     quiet = spec.get("quiet", False)
     _logging(quiet)
     from highlightsense.engine import detect as D
+    from highlightsense.engine import passes
 
     overrides = {k: spec.get(k) for k in ("model", "separator", "device", "separator_batch",
                                           "batch_size")}
@@ -341,18 +322,18 @@ def engine_job(spec: dict) -> dict:
     if spec.get("stage"):
         t0 = time.perf_counter()
         cfg = load_config(overrides=overrides)
-        scorer = D.build_scorer(cfg)
-        stages = D.build_stages(cfg, scorer)
+        scorer = passes.build_scorer(cfg)
+        stages = scorer.feature_stages(cfg)
         timers = _timers(stages, scorer)
-        source = D.open_source(spec["input"], cfg)
-        result = {"setup_sec": time.perf_counter() - t0, "input_codec": source.codec_name}
+        source = passes.open_source(spec["input"], cfg)
+        result = {"setup_sec": time.perf_counter() - t0, "input_codec": source.info.codec}
         result.update(_one_stage(spec["stage"], cfg, scorer, stages, source, timers, t0, quiet))
     else:
         probe = _Probe(quiet)
         cfg = load_config(overrides=overrides)
         out_dir = Path(spec["out_dir"])
         probe.t0 = time.perf_counter()
-        done = D.detect(spec["input"], out_dir, cfg, show_progress=True)
+        done = D.detect(spec["input"], out_dir, cfg, show_progress=not quiet, observer=probe)
         wall = time.perf_counter() - probe.t0
         scorer, stages, timers = probe.scorer, probe.stages[0], probe.timers
         metrics = done.metrics
@@ -402,8 +383,7 @@ def _codec(path: str) -> str:
 
 def _one_stage(name, cfg, scorer, stages, source, timers, t0, quiet) -> dict:
     """Run the stages before `name` into memory, then `name` alone, fed from memory."""
-    from highlightsense.engine.detect import build_stages
-    from highlightsense.engine.operator import Operator, Source
+    from highlightsense.engine.operator import Operator, Source, SourceInfo
     from highlightsense.engine.pipeline import Pipeline
 
     class Keep(Operator):
@@ -426,7 +406,7 @@ def _one_stage(name, cfg, scorer, stages, source, timers, t0, quiet) -> dict:
         name = "replay"
 
         def __init__(self, items, duration):
-            self.items, self.duration_sec = items, duration
+            self.items, self.info = items, SourceInfo(duration_sec=duration)
 
         def __iter__(self):
             while self.items:
@@ -443,7 +423,7 @@ def _one_stage(name, cfg, scorer, stages, source, timers, t0, quiet) -> dict:
         feed = source
     else:
         keep = Keep()
-        monitor = _Monitor(source.duration_sec, quiet)
+        monitor = _Monitor(source.info.duration_sec, quiet)
         began = time.perf_counter()
         if not quiet:
             print(f"running the stages before {name} into memory", file=sys.stderr, flush=True)
@@ -452,15 +432,13 @@ def _one_stage(name, cfg, scorer, stages, source, timers, t0, quiet) -> dict:
         prep_sec, audio_sec = time.perf_counter() - began, prep.position_sec
         for t in timers.values():  # only the measured run's forward calls count
             t.sec, t.calls = 0.0, 0
-        separate = next((s for s in stages if s.name == "separate"), None)
-        fresh = _operators(cfg, scorer, build_stages(cfg, scorer, separate and separate.model),
-                           _timed_collect(t0))
+        fresh = _operators(cfg, scorer, scorer.feature_stages(cfg), _timed_collect(t0))
         measured = [fresh[k - 1], Drain()]
         feed = Replay(keep.items, audio_sec)
         if not quiet:
             print(f"{name} alone, fed {len(keep.items)} chunks from memory (RSS now "
                   f"{support.rss_mb():.0f} MB)", file=sys.stderr, flush=True)
-    monitor = _Monitor(source.duration_sec, quiet)
+    monitor = _Monitor(source.info.duration_sec, quiet)
     began = time.perf_counter()
     metrics = asyncio.run(Pipeline(feed, measured, queue_size=cfg.queue_size,
                                    on_progress=monitor).run())

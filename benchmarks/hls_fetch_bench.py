@@ -19,7 +19,7 @@ SEED_MIB, SEED_FRAGMENTS, SEED_SEC = 163.9, 803, 16 * 60 + 58
 
 
 def fetch_all(url: str, parallel: int) -> tuple:
-    from highlightsense.operators.sources.hls import HlsReader
+    from highlightsense.operators.sources.hls_reader import HlsReader
 
     began = time.perf_counter()
     reader = HlsReader(url, parallel=parallel)

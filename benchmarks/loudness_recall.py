@@ -15,6 +15,7 @@ import numpy as np
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine import grid
 from highlightsense.engine.chunks import AudioChunk
+from highlightsense.engine.config import Config
 from highlightsense.model.loudness import LoudnessScorer
 from highlightsense.operators.select import WindowScore, select_highlights
 from highlightsense.operators.windows import Windows
@@ -27,9 +28,8 @@ def score_vod(vod: SyntheticVod, scorer: LoudnessScorer = None, chunk_sec: float
               window_sec: float = 30.0, stride_sec: float = 5.0):
     """Streams the VOD through features, windows and scorer: (start_sec, end_sec, confidence)."""
     scorer = scorer or LoudnessScorer(window_sec)
-    features = scorer.features()
-    windows = Windows(grid.window_frames(window_sec), grid.stride_frames(stride_sec),
-                      scorer.pad_frames)
+    [features] = scorer.feature_stages()
+    windows = Windows.for_scorer(Config(window_sec=window_sec, stride_sec=stride_sec), scorer)
     scored = []
 
     def through(frame_chunks):

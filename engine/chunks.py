@@ -35,6 +35,16 @@ class AudioChunk:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """The stream clock, in band: the stream has reached `stream_sec` (seconds from the stream's
+    start). The pipeline sends one down the chain as the source's stream time advances, and every
+    stage passes it on at once, ahead of what it still holds in its look-ahead (see
+    engine.pipeline); only the stages that read the clock see it."""
+
+    stream_sec: float
+
+
+@dataclass(frozen=True)
 class FrameChunk:
     """Feature frames on the seed's grid, float32 shaped (..., n): the last axis is time.
 

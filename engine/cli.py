@@ -11,12 +11,15 @@ Errors a user can fix come out as one line on stderr and a non-zero exit status.
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
+from highlightsense.engine.config import Config, default_of, load_config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.memory import tune_malloc
 from highlightsense.engine.progress import in_kernel
+from highlightsense.engine.timecode import hms
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -37,22 +40,80 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+# The flags that set a Config key are the arguments whose dest is a Config field (config_flags
+# lists them). Their argparse default stays None ("not given": Config, the presets and --config
+# decide) and their help takes "(default X)" from Config (default_of).
+CONFIG_KEYS = frozenset(f.name for f in fields(Config))
+
+# Flags several commands take, with the same meaning and help: declared once (_shared), keyed by
+# the long flag.
+_SHARED = {
+    "--config": dict(metavar="FILE", help="YAML config file or preset name"),
+    "--nms-window": dict(type=float, metavar="S",
+                         help="drop windows starting within S seconds of a better one "
+                              f"(default {default_of('nms_window')})"),
+    "--device": dict(metavar="D", help="auto (cuda, then mps, then cpu), cpu, cuda, ..."),
+    "--quiet": dict(action="store_true", help="no progress, warnings only"),
+}
+
+
+def _shared(p: argparse.ArgumentParser, *flags: str) -> None:
+    """Declare on `p` a flag several commands take: flags ("-q", "--quiet"), help and the rest
+    from _SHARED."""
+    p.add_argument(*flags, **_SHARED[flags[-1]])
+
+
 def _selection_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config file or preset name")
+    _shared(p, "--config")
     p.add_argument("--threshold-percentile", type=float, metavar="P",
-                   help="keep windows at or above this percentile of all scores (default 99)")
+                   help="keep windows at or above this percentile of all scores "
+                        f"(default {default_of('threshold_percentile')})")
     p.add_argument("--threshold", type=float, metavar="ABS",
                    help="keep windows scoring at least ABS (0-1) instead of a percentile: "
                         "comparable with `watch --threshold`")
-    p.add_argument("--nms-window", type=float, metavar="S",
-                   help="drop windows starting within S seconds of a better one (default 10)")
-    p.add_argument("--top-n", type=int, metavar="N", help="at most N clips (default 20)")
+    _shared(p, "--nms-window")
+    p.add_argument("--top-n", type=int, metavar="N",
+                   help=f"at most N clips (default {default_of('top_n')})")
     p.add_argument("--no-clips", dest="clips", action="store_const", const=False,
                    help="write the scores and the table, cut no clips")
     p.add_argument("--exact-cuts", action="store_const", const=True,
                    help="re-encode clips so they start exactly on the window "
                         "(default: stream copy from the keyframe at or before it)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
+    _shared(p, "-q", "--quiet")
+
+
+class _Command(argparse.ArgumentParser):
+    """A command's parser whose arguments may be declared when it is used (`declare`, called
+    with the parser before it parses or formats its help): the module that declares them (the
+    bench's) is then imported only when that command runs, not by every other command."""
+
+    def __init__(self, *args, declare: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._declare = declare
+
+    def _declared(self) -> None:
+        if self._declare is not None:
+            declare, self._declare = self._declare, None
+            declare(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._declared()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._declared()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._declared()
+        return super().format_help()
+
+
+def _declare_bench(p: argparse.ArgumentParser) -> None:
+    from highlightsense.benchmarks.bench import declare
+
+    declare(p)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,16 +122,19 @@ def parser() -> argparse.ArgumentParser:
     from highlightsense import __version__
 
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Command)
 
     d = sub.add_parser("detect", help="score a media file or URL and cut its highlights")
     d.add_argument("input", help="media file (mp4, mkv, ts, m4a, wav, flac, mp3, webm, ...) or "
                                  "URL (a VOD page yt-dlp knows, an .m3u8 playlist, a media URL)")
     d.add_argument("--fragments", dest="hls_fragments", type=int, metavar="N",
-                   help="for URLs: HLS segments fetched at once (default 4)")
+                   help="for URLs: HLS segments fetched at once "
+                        f"(default {default_of('hls_fragments')})")
     d.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    d.add_argument("--window-sec", type=float, metavar="S", help="window length (default 30)")
-    d.add_argument("--stride-sec", type=float, metavar="S", help="window step (default 5)")
+    d.add_argument("--window-sec", type=float, metavar="S",
+                   help=f"window length (default {default_of('window_sec')})")
+    d.add_argument("--stride-sec", type=float, metavar="S",
+                   help=f"window step (default {default_of('stride_sec')})")
     d.add_argument("--audio-stream", type=int, metavar="N",
                    help="analyse the N-th audio stream (0 = first)")
     d.add_argument("--batch-size", type=int, metavar="N", help="windows per scoring call")
@@ -80,13 +144,15 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--separator", metavar="NAME_OR_PATH",
                    help="demucs model for the voice/game split: a name (htdemucs, "
                         "htdemucs_ft, ...) or a local .th, .safetensors or repo folder")
-    d.add_argument("--device", metavar="D", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    _shared(d, "--device")
     d.add_argument("--separator-batch", type=int, metavar="N",
-                   help="Demucs segments per forward call (default 1)")
+                   help="Demucs segments per forward call "
+                        f"(default {default_of('separator_batch')})")
     d.add_argument("--half", action="store_const", const=True,
                    help="float16 separation (CUDA only)")
     d.add_argument("--max-duration", dest="max_duration_sec", type=_duration, metavar="H:MM:SS",
-                   help="refuse inputs longer than this (default 24:00:00)")
+                   help="refuse inputs longer than this "
+                        f"(default {default_of('max_duration_sec', hms)})")
     d.add_argument("--restart", action="store_true",
                    help="discard the progress an interrupted run saved in --out and start over "
                         "(by default the same command continues where it stopped)")
@@ -100,22 +166,27 @@ def parser() -> argparse.ArgumentParser:
     _selection_flags(s)
 
     _watch_parser(sub)
-    from highlightsense.benchmarks.bench import add_parser as bench_parser
-
-    bench_parser(sub)
+    # Measurement code: benchmarks/bench.py declares its flags, imported only for `bench`.
+    sub.add_parser("bench", declare=_declare_bench, help="measure the engine (per stage, end to "
+                                                         "end), or compare with the seed's way")
 
     m = sub.add_parser("demo", help="make a sample VOD with known moments and run detect on it")
     m.add_argument("--out", default="highlightsense-demo", metavar="DIR",
-                   help="folder for the sample and the results (default: highlightsense-demo)")
-    m.add_argument("--minutes", type=float, default=5.0, help="sample length (default 5)")
-    m.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
+                   help="folder for the sample and the results (default: %(default)s)")
+    m.add_argument("--minutes", type=float, default=5.0, help="sample length (default %(default)g)")
+    _shared(m, "-q", "--quiet")
     return p
 
 
-_CONFIG_FLAGS = ("window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n",
-                 "clips", "exact_cuts", "audio_stream", "batch_size", "model", "separator",
-                 "device", "separator_batch", "half", "exact_reference", "threshold",
-                 "hls_fragments", "max_duration_sec")
+def config_flags(p: Optional[argparse.ArgumentParser] = None) -> Dict[str, Dict[str, str]]:
+    """Which flag sets which Config key, per command ({"detect": {"--top-n": "top_n", ...}}):
+    the arguments whose dest is a Config field, what _config passes on. Not bench: its --model,
+    --device, ... describe its measured jobs, and it reads no Config."""
+    p = p or parser()
+    commands = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return {name: {a.option_strings[-1]: a.dest for a in command._actions
+                   if a.dest in CONFIG_KEYS and a.option_strings}
+            for name, command in commands.items() if name != "bench"}
 
 
 def _watch_parser(sub) -> None:
@@ -125,21 +196,22 @@ def _watch_parser(sub) -> None:
                    help="CRNN checkpoint; without it the loudness scorer runs (its features look "
                         "about 60 s ahead, so its events come about a minute and a half late)")
     w.add_argument("--separator", metavar="NAME_OR_PATH", help="demucs model (with --model)")
-    w.add_argument("--device", metavar="D", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    _shared(w, "--device")
     how = w.add_mutually_exclusive_group()
     how.add_argument("--threshold", type=float, metavar="P",
                      help="a highlight is a window scoring at least P (0-1), as `detect "
                           "--threshold`")
     how.add_argument("--rolling-percentile", type=float, metavar="P",
                      help="... or at least the P-th percentile of the scores over the last "
-                          "--horizon seconds (the default, with P from the config: 99)")
+                          "--horizon seconds (the default, with P from the config: "
+                          f"{default_of('threshold_percentile')})")
     w.add_argument("--horizon", type=float, default=1800.0, metavar="S",
-                   help="seconds of scores the rolling percentile looks back over (default 1800)")
+                   help="seconds of scores the rolling percentile looks back over "
+                        "(default %(default)g)")
     w.add_argument("--max-delay", type=float, metavar="S",
                    help="decide a window at most S seconds of stream after its end, forced if "
                         "need be (default: the scorer's look-ahead plus twice the NMS reach)")
-    w.add_argument("--nms-window", type=float, metavar="S",
-                   help="drop windows starting within S seconds of a better one (default 10)")
+    _shared(w, "--nms-window")
     w.add_argument("--events", metavar="FILE", help="append events (JSON lines) here, not stdout")
     w.add_argument("--webhook", metavar="URL", help="POST each event (JSON) to this URL")
     w.add_argument("--clips", dest="clips_dir", metavar="DIR",
@@ -149,9 +221,9 @@ def _watch_parser(sub) -> None:
     w.add_argument("--from-start", action="store_true",
                    help="analyse the playlist from its first segment, not the live edge")
     w.add_argument("--fragments", dest="hls_fragments", type=int, metavar="N",
-                   help="HLS segments fetched at once (default 4)")
-    w.add_argument("--config", metavar="FILE", help="YAML config file or preset name")
-    w.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
+                   help=f"HLS segments fetched at once (default {default_of('hls_fragments')})")
+    _shared(w, "--config")
+    _shared(w, "-q", "--quiet")
 
 
 def _duration(text: str) -> float:
@@ -167,12 +239,11 @@ def _duration(text: str) -> float:
 
 
 def _config(args, tune: bool = False):
-    """The settings: configs/default.yaml, then --config, then flags. `tune`: set malloc for
+    """The settings: Config's defaults, configs/default.yaml, then --config, then the flags that
+    set a Config key (every argument whose dest is one: config_flags). `tune`: set malloc for
     the run they describe, before any thread starts or large buffer comes and goes (see
     engine/memory.py; a model given in a config file separates too)."""
-    from highlightsense.engine.config import load_config
-
-    overrides = {k: getattr(args, k) for k in _CONFIG_FLAGS if hasattr(args, k)}
+    overrides = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
     cfg = load_config(args.config, overrides)
     if tune and not in_kernel():  # a notebook's kernel is the user's process: left as it is
         tune_malloc(separating=cfg.model is not None)
@@ -215,7 +286,7 @@ def _detect(args) -> int:
 
 
 def _select(args) -> int:
-    from highlightsense.engine.detect import reselect
+    from highlightsense.engine.selection import reselect
 
     cfg = _config(args)
     selection, rows = reselect(args.out_dir, cfg)

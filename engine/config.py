@@ -1,10 +1,11 @@
-"""Configuration: the packaged default preset, then a YAML file (--config), then flags.
+"""Configuration: Config's defaults (the one place they are set), the packaged default preset
+(overriding nothing), then a YAML file (--config), then flags.
 
 Unknown keys and bad values are refused by name, in one line.
 """
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import yaml
 
@@ -16,28 +17,43 @@ PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass(frozen=True)
 class Config:
-    window_sec: float = 30.0
-    stride_sec: float = 5.0
-    threshold_percentile: float = 99.0
-    threshold: Optional[float] = None  # absolute threshold: used instead of the percentile
-    nms_window: float = 10.0
-    top_n: int = 20
-    clips: bool = True
-    exact_cuts: bool = False
-    audio_stream: Optional[int] = None
-    batch_size: Optional[int] = None  # windows per scoring call; None: the scorer's choice
-    chunk_sec: float = 1.0
-    queue_size: int = 8
-    model: Optional[str] = None
-    separator: str = "htdemucs"
-    separator_batch: int = 1
-    device: str = "auto"
-    half: bool = False
-    exact_reference: bool = True
+    """Every setting and its default: the one place defaults are set. configs/default.yaml
+    overrides none of them (it lists them, commented out, to copy from); other presets
+    (configs/demo.yaml), a --config file and the flags override them in that order. The CLI's
+    help shows these defaults (default_of)."""
+
+    # Windows: 30 s every 5 s on the seed's frame grid (1292 frames every 215 = 4.992 s).
+    window_sec: float = 30.0  # window length; under 60 s, the model's padded training length
+    stride_sec: float = 5.0  # window step
+    # Selection.
+    threshold_percentile: float = 99.0  # keep windows at or above this percentile of all scores
+    threshold: Optional[float] = None  # or an absolute score (0-1): used instead of the percentile
+    nms_window: float = 10.0  # a window starting within this many seconds of a kept one is dropped
+    top_n: int = 20  # at most this many clips
+    # Clips.
+    clips: bool = True  # cut clips/highlight_NN from the source
+    exact_cuts: bool = False  # re-encode so clips start exactly at the window (False: stream copy)
+    # Engine.
+    audio_stream: Optional[int] = None  # which audio stream to analyse (0 = first); None: the first
+    batch_size: Optional[int] = None  # windows per scoring call; None: the scorer's choice (1 for
+    #                                   the CRNN on a CPU, its GRU is faster one window at a time;
+    #                                   else 16)
+    chunk_sec: float = 1.0  # seconds of audio per decoded chunk
+    queue_size: int = 8  # chunks waiting between two stages at most (bounds memory)
+    # Scoring. Without a model checkpoint, the weights-free loudness scorer runs on the mix.
+    model: Optional[str] = None  # path of a HighlightSense CRNN checkpoint (best_model.pt)
+    separator: str = "htdemucs"  # demucs model name, or a local .th / .safetensors / repo folder
+    separator_batch: int = 1  # Demucs segments per forward call (more keeps a GPU busy)
+    device: str = "auto"  # cuda, then mps, then cpu; or name one
+    half: bool = False  # float16 separation (CUDA only)
+    exact_reference: bool = True  # the seed's dB reference is the whole VOD's loudest frame: score
+    #                               the windows before it again once it is known (a second pass)
     hls_fragments: int = 4  # HLS segments fetched at once for URL inputs
-    max_duration_sec: Optional[float] = 86400.0  # longer inputs are refused (None: no limit)
-    progress_every_sec: float = 5.0  # how often the progress record is saved
-    rescore_cache_mb: int = 64  # first-pass levels kept for the second pass (40 min at 64 MB)
+    # Reliability.
+    max_duration_sec: Optional[float] = 86400.0  # longer inputs are refused (24 h; None: no limit)
+    progress_every_sec: float = 5.0  # how often detect saves its progress record (for resuming)
+    rescore_cache_mb: int = 64  # first-pass levels kept for the second pass (exact_reference), up
+    #                             to this much (40 min at 64 MB); past it, it separates again
 
     @property
     def window_frames(self) -> int:
@@ -54,6 +70,16 @@ class Config:
 
 
 _TYPES = {f.name: f.type for f in fields(Config)}
+_DEFAULTS = {f.name: f.default for f in fields(Config)}
+
+
+def default_of(key: str, fmt: Optional[Callable[[Any], str]] = None) -> str:
+    """Config's default for `key` as help text shows it: numbers without a needless ".0" (99,
+    not 99.0), or as `fmt` writes it (e.g. a duration as H:MM:SS)."""
+    value = _DEFAULTS[key]
+    if fmt is not None:
+        return fmt(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -150,6 +176,8 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def load_config(config_file: Optional[str] = None,
                 overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """Config's defaults, then the default preset (which overrides nothing unless a user edits
+    it), then `config_file` (a path or a preset name), then `overrides` (None: not given)."""
     cfg = apply(Config(), read_yaml(PRESETS / "default.yaml"), "configs/default.yaml")
     if config_file:
         path = resolve_preset(config_file)

@@ -10,6 +10,7 @@ N_FFT = 2048  # librosa's default frame length
 AUDIO_RATE = 44100  # Hz, what the decoder delivers (Demucs's rate)
 PADDED_SECONDS = 60  # training clips were padded to 60 s
 PADDED_FRAMES = int(PADDED_SECONDS * FEATURE_RATE / HOP)  # 2583, as the seed computes it
+SAMPLES_PER_FRAME = HOP * AUDIO_RATE // FEATURE_RATE  # 1024 stream samples between frames
 
 
 def window_frames(window_sec: float) -> int:
@@ -20,6 +21,11 @@ def window_frames(window_sec: float) -> int:
 def stride_frames(stride_sec: float) -> int:
     """Frames between window starts, as the seed's Config.stride_frames (5 s -> 215)."""
     return int((stride_sec * FEATURE_RATE) / HOP)
+
+
+def frame_sample(frame: int) -> int:
+    """The stream sample (44.1 kHz) that frame `frame` is centred on."""
+    return frame * SAMPLES_PER_FRAME
 
 
 def frames_to_sec(frames: int) -> float:

@@ -6,6 +6,15 @@ stage makes its producers wait, so memory stays flat whatever the stream's lengt
 travels down the chain as a marker and each operator flushes what it holds. The first stage that
 fails stops every stage; cancellation (Ctrl-C) stops them too, without waiting for worker threads
 that are stuck in a blocking call.
+
+The stream clock travels in band too, as Ticks (engine.chunks), when a stage reads it (a
+ClockReader): the pipeline sends one after each chunk the source delivers (its stream time, or
+a Tick the source yields itself), and each stage puts a Tick it receives straight on its output
+queue, after what it has already emitted but ahead of what its operator still holds (a look-ahead
+buffer), without calling process(): operators never see ticks, save a ClockReader, which is also
+handed each one (on_tick) before it is passed on. Ticks never go back in time. For a `live`
+source the clock runs on with wall time while the source delivers nothing (a stalled download of
+a broadcast that goes on): a Tick every `tick_sec` then says how far.
 """
 import asyncio
 import concurrent.futures
@@ -15,8 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Coroutine, List, Optional, Sequence
 
+from highlightsense.engine.chunks import AudioChunk, Tick
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.engine.operator import Operator, Source
+from highlightsense.engine.operator import ClockReader, Operator, Source
 
 _END = object()  # end-of-stream marker
 
@@ -135,9 +145,13 @@ def run_async(main: Coroutine):
 
 
 class Pipeline:
+    """source -> operators. `live`: the source follows a broadcast, whose stream time runs on
+    with wall time while the source delivers nothing (the clock the ticks carry, see the
+    module); `tick_sec`: how often a Tick says so then."""
+
     def __init__(self, source: Source, operators: Sequence[Operator], queue_size: int = 8,
                  on_progress: Optional[Callable[[PipelineMetrics], None]] = None,
-                 progress_interval: float = 0.5):
+                 progress_interval: float = 0.5, live: bool = False, tick_sec: float = 0.25):
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.source = source
@@ -145,6 +159,11 @@ class Pipeline:
         self.queue_size = queue_size
         self.on_progress = on_progress
         self.progress_interval = progress_interval
+        self.live = live
+        self.tick_sec = tick_sec
+        # Ticks go down the chain only when a stage reads them.
+        self._clocked = any(isinstance(op, ClockReader) for op in self.operators)
+        self._clock: Optional[float] = None  # the stream time of the last Tick sent
         self.metrics = PipelineMetrics(
             [StageMetrics(source.name)] + [StageMetrics(op.name) for op in self.operators])
         self._stop = threading.Event()  # tells a blocked source thread to give up early
@@ -205,10 +224,17 @@ class Pipeline:
             receiver = self.metrics.stages[stage + 1]
             receiver.queue_max = max(receiver.queue_max, queue.qsize())
 
+    async def _tick(self, stream_sec: float) -> None:
+        """Send the clock down the chain, if it has moved on."""
+        if self._clock is None or stream_sec > self._clock:
+            self._clock = stream_sec
+            await self._send(0, Tick(stream_sec))
+
     async def _run_source(self, pool) -> None:
         loop = asyncio.get_running_loop()
         metrics = self.metrics.stages[0]
         iterator = iter(self.source)
+        delivered = False  # audio has come: a live clock runs on from there
 
         def pull():
             if self._stop.is_set():
@@ -216,12 +242,30 @@ class Pipeline:
             return next(iterator, _END)
 
         while True:
-            chunk = await loop.run_in_executor(pool, _timed(metrics, pull))
+            pulled = loop.run_in_executor(pool, _timed(metrics, pull))
+            if self.live and self._clocked and delivered:
+                began = time.monotonic()
+                try:
+                    while not (await asyncio.wait({pulled}, timeout=self.tick_sec))[0]:
+                        # Nothing delivered: the broadcast runs on all the same.
+                        await self._tick(self.metrics.position_sec + time.monotonic() - began)
+                except asyncio.CancelledError:
+                    pulled.cancel()
+                    raise
+            chunk = await pulled
             if chunk is _END:
                 break
+            if isinstance(chunk, Tick):  # the source's own clock
+                await self._tick(chunk.stream_sec)
+                continue
             metrics.chunks_out += 1
-            self.metrics.position_sec = getattr(chunk, "end_sec", self.metrics.position_sec)
+            audio = isinstance(chunk, AudioChunk)  # what the stream's position counts
+            if audio:
+                self.metrics.position_sec = chunk.end_sec
             await self._send(0, chunk)
+            if self._clocked and audio:
+                delivered = True
+                await self._tick(self.metrics.position_sec)
         await self._send(0, _END)
 
     async def _run_operator(self, pool, i: int) -> None:
@@ -229,6 +273,16 @@ class Pipeline:
         op, metrics, inbox = self.operators[i], self.metrics.stages[i + 1], self._queues[i]
         while True:
             item = await inbox.get()
+            if isinstance(item, Tick):
+                # Past the operator at once: after what it has emitted, ahead of what it holds.
+                if isinstance(op, ClockReader):
+                    call = _timed(metrics, lambda item=item: op.on_tick(item))
+                    results = await loop.run_in_executor(pool, call) if op.threaded else call()
+                    for result in results or ():
+                        metrics.chunks_out += 1
+                        await self._send(i + 1, result)
+                await self._send(i + 1, item)
+                continue
             ending = item is _END
             call = _timed(metrics, op.flush if ending else (lambda item=item: op.process(item)))
             results = await loop.run_in_executor(pool, call) if op.threaded else call()

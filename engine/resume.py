@@ -5,27 +5,27 @@ atomically every few seconds and when the run stops: the window scores so far, t
 streaming stages need to restart exactly (the decoder's sync points, the features' dB reference
 history) and a fingerprint of the input and of every setting that changes a score. Run the same
 command again and it continues from the last record: the stages restart just early enough for
-their buffers to fill (see detect.restart_sample), and the result equals an uninterrupted run's.
-A record made for another input or other settings is refused, or discarded with --restart.
+their buffers to fill (engine.operator.restart_sample), and the result equals an uninterrupted
+run's. A record made for another input or other settings is refused, or discarded with --restart.
 """
-import hashlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import OutputError, write_text
+from highlightsense.engine.operator import Scorer
 from highlightsense.operators.select import WindowScore
 
 log = logging.getLogger("highlightsense")
 
 RECORD_NAME = ".highlightsense-progress.json"
-FORMAT = 1
+FORMAT = 2  # 2: stage states by name (1 had the features' history apart)
 
 
 def _file_identity(path: str) -> dict:
@@ -33,30 +33,15 @@ def _file_identity(path: str) -> dict:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _model_identity(path: str) -> dict:
-    """A checkpoint by content: a copy moved into place keeps its scores."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest()}
-
-
-def fingerprint(input_path: str, cfg: Config, scorer_name: str, device: Optional[str]) -> dict:
+def fingerprint(input_path: str, cfg: Config, scorer: Scorer) -> dict:
     """The input and every setting that changes a score (not the selection settings: those
     only choose among the scores, and may change between an interruption and the resume)."""
     from highlightsense import __version__
 
     source = _file_identity(input_path) if os.path.isfile(input_path) else {"url": input_path}
-    scoring = {"version": __version__, "scorer": scorer_name, "window_sec": cfg.window_sec,
+    scoring = {"version": __version__, "scorer": scorer.name, "window_sec": cfg.window_sec,
                "stride_sec": cfg.stride_sec, "audio_stream": cfg.audio_stream,
-               "batch_size": cfg.batch_size}
-    if scorer_name == "crnn":
-        separator = (_model_identity(cfg.separator) if os.path.isfile(cfg.separator)
-                     else cfg.separator)
-        scoring.update(model=_model_identity(cfg.model), separator=separator, device=device,
-                       separator_batch=cfg.separator_batch, half=cfg.half,
-                       exact_reference=cfg.exact_reference)
+               "batch_size": cfg.batch_size, **scorer.identity(cfg)}
     return {"input": source, "scoring": scoring}
 
 
@@ -81,7 +66,7 @@ def _windows_in(rows: list) -> List[WindowScore]:
 
 @dataclass
 class ProgressRecord:
-    """Where a run stands. Phases: 1 (scoring), 2 (the second pass: see detect.rescore_prefix),
+    """Where a run stands. Phases: 1 (scoring), 2 (the second pass: engine.second_pass),
     3 (scored: only the selection, clips and summary remain)."""
 
     path: Path
@@ -89,13 +74,17 @@ class ProgressRecord:
     phase: int = 1
     windows: List[WindowScore] = field(default_factory=list)  # the first pass's, in order
     rescored: List[WindowScore] = field(default_factory=list)  # the second pass's, in order
-    decoder: dict = field(default_factory=dict)  # sync points and counters (AudioDecoder)
-    features: Optional[dict] = None  # reference_db and raises (MelFeatures)
-    exact_from: Optional[int] = None  # the first pass's MelFeatures.exact_from(), once done
+    source: dict = field(default_factory=dict)  # its sync points (SourceInfo.sync_points)
+    stages: Dict[str, dict] = field(default_factory=dict)  # {stage.name: stage.state()}
+    # Once the first pass is done, for the second (engine.second_pass): the whole stream's dB
+    # reference, and the first frame made under it.
+    reference_db: Optional[List[float]] = None
+    exact_from: Optional[int] = None
     info: dict = field(default_factory=dict)  # what the first pass learnt of the source
     position_sec: float = 0.0  # stream time the stages had reached
     resumes: List[dict] = field(default_factory=list)  # where each resume began, what it redid
     enabled: bool = True  # False: nothing is saved (a URL input cannot be reopened at a sample)
+    on_save: Optional[Callable[["ProgressRecord"], None]] = None  # told of each write
 
     @classmethod
     def begin(cls, out_dir: Path, print_: dict, restart: bool) -> "ProgressRecord":
@@ -127,8 +116,9 @@ class ProgressRecord:
         record.phase = data["phase"]
         record.windows = _windows_in(data["windows"])
         record.rescored = _windows_in(data["rescored"])
-        record.decoder = data["decoder"]
-        record.features = data["features"]
+        record.source = data["source"]
+        record.stages = data["stages"]
+        record.reference_db = data["reference_db"]
         record.exact_from = data["exact_from"]
         record.info = data["info"]
         record.position_sec = data["position_sec"]
@@ -152,8 +142,9 @@ class ProgressRecord:
             return
         data = {"format": FORMAT, "fingerprint": self.fingerprint, "phase": self.phase,
                 "windows": _windows_out(self.windows), "rescored": _windows_out(self.rescored),
-                "decoder": self.decoder, "features": self.features,
-                "exact_from": self.exact_from, "info": self.info,
+                "source": self.source, "stages": self.stages,
+                "reference_db": self.reference_db, "exact_from": self.exact_from,
+                "info": self.info,
                 "position_sec": self.position_sec, "resumes": self.resumes}
         try:
             write_text(self.path, json.dumps(data, allow_nan=True))
@@ -163,6 +154,8 @@ class ProgressRecord:
                 f"cannot write the progress record {self.path}: {reason}; free space or fix "
                 f"the folder, then run the same command again to resume from the last record"
             ) from None
+        if self.on_save is not None:
+            self.on_save(self)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -173,7 +166,7 @@ class Checkpoints:
 
     `snapshot()` reads the stages' state; it runs on the event loop while the stages work in
     their threads, so it copies what it reads, in an order that keeps the copy consistent:
-    windows first, then the features' reference, then their history (see MelFeatures.raises).
+    windows first, then the stages' states (each copies what it hands over).
     """
 
     def __init__(self, record: ProgressRecord, every_sec: float, snapshot):

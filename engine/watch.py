@@ -7,33 +7,32 @@ The audio-only rendition is analysed where the stream has one; with --clips, the
 rendition's recent segments are kept in a rolling buffer and each highlight's clip is cut from
 there (operators.sinks.remote_clips.SegmentBuffer). Selection is operators.online_select: an
 absolute threshold or a rolling percentile, the seed's greedy NMS decided window by window,
-forced (and marked so) at max_delay seconds of stream past a window's end.
+forced (and marked so) at max_delay seconds of stream past a window's end. The stream time
+reaches selection in band (engine.chunks.Tick, past the features' look-ahead); while a live
+source delivers nothing (a stalled download), it runs on with wall time, so a forced decision
+still comes on time.
 
 Latency has two parts: what the scorer must hear after a window before it can score it (the
 loudness scorer's background looks about 62 s ahead, so its windows are scored about a minute
 after they end; the CRNN needs only a Demucs segment), then what NMS waits for (up to a window
 length plus the NMS window more). The default max_delay allows for both.
 """
-import asyncio
 import bisect
 import logging
-import queue
 import statistics
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, TextIO
 
 from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.engine.operator import Operator
+from highlightsense.engine.operator import Operator, lookahead_samples
 from highlightsense.engine.pipeline import Pipeline, PipelineMetrics, run_async
 from highlightsense.engine.progress import Progress, clock
-from highlightsense.operators.sinks.events import EventSink
+from highlightsense.operators.sinks.events import ClipEvent, EventSink, HighlightEvent
 from highlightsense.operators.sources.fetch import FetchPolicy
 from highlightsense.operators.online_select import Decision, OnlineSelect
 from highlightsense.operators.score import Score
@@ -94,17 +93,6 @@ class Arrivals(Operator):
         return self._times[i] if i < len(self._times) else None
 
 
-def scorer_lookahead_sec(stages) -> float:
-    """How much audio the feature stages must hear after a frame before they emit it."""
-    total = 0.0
-    for op in stages:
-        delay = getattr(op, "delay_sec", None)
-        if delay is None:
-            delay = getattr(op, "warmup_samples", 0) / grid.AUDIO_RATE
-        total += delay
-    return total
-
-
 class WatchProgress(Progress):
     def __init__(self, source, select: OnlineSelect, sink: EventSink, stream=None):
         super().__init__(None, stream)
@@ -112,9 +100,10 @@ class WatchProgress(Progress):
 
     def line(self, m: PipelineMetrics) -> str:
         text = f"stream {clock(m.position_sec)}"
-        edge = getattr(self.source, "live_edge_sec", None)
-        if getattr(self.source, "duration_sec", None):
-            text += f" / {clock(self.source.duration_sec)}"
+        info = self.source.info
+        edge = info.live_edge_sec
+        if info.duration_sec:
+            text += f" / {clock(info.duration_sec)}"
         elif edge is not None:
             text += f"  {max(0.0, edge - m.position_sec):.0f} s behind live"
         text += f"  events {self.select_count()}  undecided {self.select.undecided}"
@@ -124,18 +113,9 @@ class WatchProgress(Progress):
         return len(self.select.decisions)
 
 
-def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _ts(sec: float) -> str:
-    sec = max(0, int(sec))
-    return f"{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
-
-
 def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
           show_progress: bool = True) -> WatchResult:
-    from highlightsense.engine.detect import build_scorer, build_stages
+    from highlightsense.engine.passes import build_scorer
     from highlightsense.operators.sources.resolve import open_audio, resolve
 
     opts = opts or WatchOptions()
@@ -161,8 +141,8 @@ def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
         clips_dir.mkdir(parents=True, exist_ok=True)
 
     scorer = build_scorer(cfg)
-    stages = build_stages(cfg, scorer)
-    lookahead = scorer_lookahead_sec(stages)
+    stages = scorer.feature_stages(cfg)
+    lookahead = lookahead_samples(stages) / grid.AUDIO_RATE  # what the features hear first
     reach = max(cfg.window_sec, cfg.nms_window)
     max_delay = opts.max_delay_sec
     if max_delay is None:
@@ -180,109 +160,71 @@ def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
     source = open_audio(url, cfg.audio_stream, cfg.chunk_sec, cfg.hls_fragments, opts.policy,
                         opts.start, opts.poll_sec, resolution)
     sink = EventSink(opts.events_path, opts.webhook, stream=opts.events_stream)
-    events: List[dict] = []
+    events: List[dict] = []  # each as written (HighlightEvent.to_json())
     clips: List[dict] = []
     arrivals = Arrivals(keep_sec=max_delay + 2 * reach + 60)
-    pipeline_box = {}
-
-    buffer = None
-    clip_jobs: "queue.Queue" = queue.Queue()
-    if clips_dir is not None:
-        video = resolution.video
-        if video is None or video.protocol != "hls":
-            log.warning("%s has no HLS video rendition: no clips", url)
-            clips_dir = None
-        else:
-            from highlightsense.operators.sinks.remote_clips import SegmentBuffer
-
-            buffer = SegmentBuffer(video.url, keep_sec=max_delay + 3 * reach + 60,
-                                   policy=video.policy(opts.policy), start=opts.start,
-                                   poll_sec=opts.poll_sec).start()
+    live_clips = _live_clips(url, resolution, clips_dir, source, cfg, opts,
+                             keep_sec=max_delay + 3 * reach + 60, sink=sink, clips=clips)
 
     def on_highlight(d: Decision) -> None:
-        w = d.window
-        now = time.monotonic()
-        arrived = arrivals.arrived(w.end_sec)
-        event = {
-            "type": "highlight", "id": len(events) + 1,
-            "start_sec": round(w.start_sec, 3), "end_sec": round(w.end_sec, 3),
-            "start_ts": _ts(w.start_sec), "end_ts": _ts(w.end_sec),
-            "peak_sec": round(w.peak_sec, 3), "confidence": w.confidence,
-            "threshold": d.threshold, "forced": d.forced,
-            "decided_at_sec": round(d.decided_at_sec, 3), "delay_sec": round(d.delay_sec, 3),
-            "latency_sec": round(now - arrived, 3) if arrived is not None else None,
-            "emitted_at": _iso_now(), "source": url,
-        }
-        events.append(event)
+        arrived = arrivals.arrived(d.window.end_sec)
+        event = HighlightEvent.of(d, id=len(events) + 1, source=url,
+                                  latency_sec=time.monotonic() - arrived
+                                  if arrived is not None else None)
+        events.append(event.to_json())
         sink.emit(event)
-        if buffer is not None:
-            clip_jobs.put(event)
+        if live_clips is not None:
+            live_clips.add(event.id, event.start_sec, event.end_sec)
 
+    # Its clock (for max_delay) comes in band: the pipeline's Ticks.
     select = OnlineSelect(cfg.nms_window, cfg.window_sec, cfg.stride_sec, on_highlight,
                           threshold=threshold, percentile=percentile,
-                          horizon_sec=opts.horizon_sec, max_delay_sec=max_delay,
-                          position=lambda: pipeline_box["p"].metrics.position_sec)
-
-    def cut_clips() -> None:
-        from highlightsense.operators.sources.hls import stream_to_container
-
-        while (event := clip_jobs.get()) is not None:
-            stem = clips_dir / f"highlight_{event['id']:04d}"
-            try:
-                entry = stream_to_container(source.timeline, event["start_sec"])
-                result = buffer.cut(stem, event["start_sec"], event["end_sec"], entry,
-                                    exact=cfg.exact_cuts)
-            except HighlightSenseError as e:
-                log.warning("no clip for highlight %d: %s", event["id"], e)
-                continue
-            if result is not None:
-                line = {"type": "clip", "id": event["id"], "path": str(result.path),
-                        "start_sec": round(result.start_sec, 3),
-                        "end_sec": round(result.end_sec, 3), "mode": result.mode,
-                        "note": result.note}
-                clips.append(line)
-                sink.emit(line)
-
-    clipper = threading.Thread(target=cut_clips, daemon=True, name="hs-clips")
-    if buffer is not None:
-        clipper.start()
-
-    windows = Windows(cfg.window_frames, cfg.stride_frames,
-                      pad_frames=getattr(scorer, "pad_frames", None) or cfg.window_frames,
-                      batch_size=1)  # each window scored as soon as its last frame is in
+                          horizon_sec=opts.horizon_sec, max_delay_sec=max_delay)
+    # Each window is scored as soon as its last frame is in.
+    windows = Windows.for_scorer(replace(cfg, batch_size=1), scorer)
     progress = WatchProgress(source, select, sink) if show_progress else None
+    # Live, stream time runs on while the source stalls: max_delay still forces decisions then.
+    live = resolution.is_live or (resolution.audio.protocol == "hls"
+                                  and source.info.duration_sec is None)
     pipeline = Pipeline(source, [arrivals, *stages, windows, Score(scorer), select],
-                        queue_size=cfg.queue_size, on_progress=progress)
-    pipeline_box["p"] = pipeline
-
-    async def run():
-        task = asyncio.create_task(pipeline.run())
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.25)
-                select.tick()  # max_delay applies between scores too
-            return task.result()
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                        queue_size=cfg.queue_size, on_progress=progress, live=live)
 
     stopped = False
     metrics = None
     try:
-        metrics = run_async(run())
+        metrics = run_async(pipeline.run())
     except KeyboardInterrupt:
         stopped = True
     finally:
-        if buffer is not None:
-            clip_jobs.put(None)
-            clipper.join(120)
-            buffer.close()
+        if live_clips is not None:
+            live_clips.stop()
         sink.close()
     if stopped and select.undecided:
         log.info("stopped: %d candidate windows were still undecided", select.undecided)
     return WatchResult(events, clips, select.windows_seen, select.undecided,
                        pipeline.metrics.position_sec, metrics, stopped, max_delay)
+
+
+def _live_clips(url, resolution, clips_dir, source, cfg: Config, opts: WatchOptions,
+                keep_sec: float, sink: EventSink, clips: List[dict]):
+    """The clip cutter (started) for --clips, from the video rendition's recent segments; None
+    without --clips or without an HLS video rendition."""
+    if clips_dir is None:
+        return None
+    video = resolution.video
+    if video is None or video.protocol != "hls":
+        log.warning("%s has no HLS video rendition: no clips", url)
+        return None
+    from highlightsense.operators.sinks.remote_clips import LiveClips, SegmentBuffer
+
+    def on_clip(highlight_id: int, result) -> None:
+        event = ClipEvent.of(highlight_id, result)
+        clips.append(event.to_json())
+        sink.emit(event)
+
+    buffer = SegmentBuffer(video.url, keep_sec=keep_sec, policy=video.policy(opts.policy),
+                           start=opts.start, poll_sec=opts.poll_sec).start()
+    return LiveClips(buffer, clips_dir, source.info, on_clip, exact=cfg.exact_cuts).start()
 
 
 def summary_line(result: WatchResult) -> str:

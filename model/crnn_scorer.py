@@ -1,4 +1,5 @@
 """The CRNN as a scorer: batches of padded windows in, confidences and attention peaks out."""
+import os
 from typing import Optional, Union
 
 import numpy as np
@@ -6,6 +7,8 @@ import torch
 
 from highlightsense.engine import grid
 from highlightsense.engine.chunks import ScoredWindows, WindowBatch
+from highlightsense.engine.files import content_identity
+from highlightsense.engine.operator import FeatureRun
 from highlightsense.model.crnn import TIME_STRIDE, HighlightSenseModel
 
 
@@ -16,6 +19,7 @@ class CrnnScorer:
 
     name = "crnn"
     pad_frames = grid.PADDED_FRAMES  # every window padded to the 60 s the model was trained on
+    whole_stream_reference = True  # the seed's power_to_db(ref=np.max) over the whole VOD
 
     def __init__(self, model: HighlightSenseModel, device: Union[str, torch.device] = "cpu",
                  batch_size: Optional[int] = None):
@@ -24,12 +28,29 @@ class CrnnScorer:
         # Unset: one window per call on a CPU, where torch's GRU runs about twice as fast one
         # window at a time (benchmarks/crnn_throughput.py), 16 elsewhere.
         self.batch_size = max(1, batch_size or (1 if self.device.type == "cpu" else 16))
+        self._separator = None  # the Demucs model, once the first pass has loaded it
 
-    def features(self):
-        """A new feature operator producing what this scorer reads (from separated stems)."""
+    def feature_stages(self, cfg, run: FeatureRun = FeatureRun()) -> list:
+        """Demucs separation, then the seed's log-mel frames of both stems. The separator is
+        loaded once and kept for the passes after the first."""
         from highlightsense.operators.mel_features import MelFeatures
+        from highlightsense.operators.separate import Separate
 
-        return MelFeatures(device=self.device)
+        separate = Separate(self._separator or cfg.separator, device=cfg.device,
+                            batch_size=cfg.separator_batch, half=cfg.half)
+        self._separator = separate.model
+        return [separate, MelFeatures(device=self.device, reference_db=run.reference_db,
+                                      emit_from=run.emit_from, hold=run.hold)]
+
+    def identity(self, cfg) -> dict:
+        separator = (content_identity(cfg.separator) if os.path.isfile(cfg.separator)
+                     else cfg.separator)
+        return {"model": content_identity(cfg.model), "separator": separator,
+                "device": str(self.device), "separator_batch": cfg.separator_batch,
+                "half": cfg.half, "exact_reference": cfg.exact_reference}
+
+    def describe(self, cfg) -> dict:
+        return {"model": os.path.abspath(cfg.model), "separator": cfg.separator}
 
     def logits(self, batch: WindowBatch):
         """(float64 logits (B,), attention argmax step (B,)) for a batch, self.batch_size at a

@@ -3,6 +3,7 @@ import numpy as np
 
 from highlightsense.engine import grid
 from highlightsense.engine.chunks import ScoredWindows, WindowBatch
+from highlightsense.engine.operator import FeatureRun
 from highlightsense.operators.loudness_features import FEATURES, LoudnessFeatures
 
 
@@ -35,6 +36,7 @@ class LoudnessScorer:
     """
 
     name = "loudness"
+    whole_stream_reference = False  # its levels are relative to their surroundings
     batch_size = 16  # windows per call: numpy scores a batch at once
     channels = FEATURES  # the features it reads, in LoudnessFeatures' order
 
@@ -47,10 +49,16 @@ class LoudnessScorer:
         self.scale_db = scale_db
         self._channel = FEATURES.index("sustained_excess_db")
 
-    @staticmethod
-    def features() -> LoudnessFeatures:
-        """A new feature operator producing what this scorer reads."""
-        return LoudnessFeatures()
+    def feature_stages(self, cfg=None, run: FeatureRun = FeatureRun()) -> list:
+        """The loudness features of the mix (no separation). A resumed pass needs nothing
+        more: its windows drop the frames before the first window they score."""
+        return [LoudnessFeatures()]
+
+    def identity(self, cfg) -> dict:
+        return {}  # no model: window_sec and stride_sec (in every fingerprint) say it all
+
+    def describe(self, cfg) -> dict:
+        return {"model": None, "separator": None}
 
     def frame_excitement(self, sustained_excess_db: np.ndarray) -> np.ndarray:
         """g(x) above: dB of sustained excess beyond the margin, soft-floored at 0, capped."""

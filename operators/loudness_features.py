@@ -24,7 +24,7 @@ import numpy as np
 from highlightsense.engine import grid
 from highlightsense.engine.chunks import AudioChunk, FrameChunk
 from highlightsense.engine.framing import CenteredFramer
-from highlightsense.engine.operator import Operator
+from highlightsense.engine.operator import RestartableStage
 
 FEATURES = ("level_db", "background_db", "excess_db", "sustained_excess_db")
 
@@ -129,7 +129,7 @@ def loudness_features_offline(audio: np.ndarray) -> np.ndarray:
     return _assemble(levels, sustained, background, 0)
 
 
-class LoudnessFeatures(Operator):
+class LoudnessFeatures(RestartableStage):
     """Streams AudioChunks (C, n) at 44.1 kHz into loudness FrameChunks (4, k); see the module.
 
     The first chunk may start at a later sample than 0 (a restart) if it sits on a block
@@ -142,12 +142,12 @@ class LoudnessFeatures(Operator):
     # How far before a time T a restart must begin (one block more for the alignment), and how
     # far the output lags the input at most (the look-ahead, plus a block being filled).
     lookback_sec = (LOOKBACK_BLOCKS + 1) * BLOCK_FRAMES * grid.HOP / grid.FEATURE_RATE
-    delay_sec = (NEIGHBOUR_BLOCKS + 2) * BLOCK_FRAMES * grid.HOP / grid.FEATURE_RATE
+    lookahead_samples = (NEIGHBOUR_BLOCKS + 2) * BLOCK_FRAMES * grid.SAMPLES_PER_FRAME
 
-    @staticmethod
-    def restart_sample(frame: int) -> int:
-        """The 44.1 kHz sample a restart begins at to reproduce the frames from `frame` on."""
-        return restart_sample(frame * grid.AUDIO_RATE // grid.FEATURE_RATE * grid.HOP)
+    def restart_sample(self, first_needed: int) -> int:
+        """The 44.1 kHz sample a restart begins at to reproduce the frames from the one centred
+        at or after `first_needed` on."""
+        return restart_sample(first_needed)
 
     def __init__(self):
         self._framer = CenteredFramer(grid.N_FFT, grid.HOP)

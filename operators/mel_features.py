@@ -16,12 +16,12 @@ higher. From the VOD's loudest frame on this is the seed's reference, and the fr
 seed's to 1e-4 dB. Before it the floor sits higher than the seed's: the InstanceNorm of the
 model's first block removes a constant offset, not a floor that moved, and scores follow it
 (tests/test_fidelity.py: about 0.07 of probability per dB of reference error). So at end of
-stream exact_from() says which frames came out under a lower reference, and a second pass over
-them with reference_db=<this run's reference_db> reproduces the seed's features exactly.
+stream the reference's history in state() says which frames came out under a lower reference
+(engine.second_pass.exact_from), and a second pass over them with reference_db=<this run's
+reference_db> reproduces the seed's features exactly.
 """
 import math
-import mmap
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 import soxr
@@ -30,7 +30,10 @@ import torch
 from highlightsense.engine import grid
 from highlightsense.engine.chunks import AudioChunk, FrameChunk
 from highlightsense.engine.framing import CenteredFramer
-from highlightsense.engine.operator import Operator
+from highlightsense.engine.operator import RestartableStage
+
+if TYPE_CHECKING:
+    from highlightsense.engine.second_pass import HeldLevels
 
 N_MELS = 80
 TOP_DB = 80.0
@@ -110,20 +113,20 @@ def to_db(level: torch.Tensor, reference: torch.Tensor):
     return torch.clamp(level - ref[:, None, :], min=-TOP_DB), ref
 
 
-class MelFeatures(Operator):
+class MelFeatures(RestartableStage):
     """AudioChunk (stems, channels, n) at `rate` -> FrameChunk (stems, 80, m) float32 frames.
 
     The stream may begin later than sample 0 (a restart): samples before the next frame-grid
     point are dropped, and frames are emitted from `restart_frames` after that point on, each
-    equal to an uninterrupted run's given that run's `reference_db` (see restart_sample()).
+    equal to an uninterrupted run's given that run's state() (see restore()). `hold` keeps the
+    levels of the stream's first frames for the second pass (engine.second_pass).
     """
 
     name = "features"
 
     def __init__(self, device: Union[str, torch.device] = "cpu", rate: int = grid.AUDIO_RATE,
                  reference_db: Union[None, float, Sequence[float]] = None, stems=STEMS,
-                 raises: Optional[Sequence[Sequence[Sequence[float]]]] = None,
-                 emit_from: int = 0, hold_frames: int = 0):
+                 emit_from: int = 0, hold: Optional["HeldLevels"] = None):
         self.rate = rate
         self.stems = tuple(stems)
         self.log_mel = LogMel(device)
@@ -132,23 +135,15 @@ class MelFeatures(Operator):
         self._framer = CenteredFramer(grid.N_FFT, grid.HOP)
         start_ref = -math.inf if reference_db is None else reference_db
         start_ref = np.broadcast_to(start_ref, len(self.stems)).astype(np.float64)
-        # Per stem, (frame, reference) each time the reference rose: a running maximum rises
-        # rarely (about log(frames) times on stationary sound), so this stays small. A resumed
-        # run starts from the interrupted one's history before `emit_from`, the frame it resumes
-        # at: the reference there is the last rise's, and exact_from() still speaks for the
-        # whole stream.
-        self._whole_stream = raises is not None
-        self._raises = [[(int(f), float(r)) for f, r in stem if f < emit_from]
-                        for stem in raises or [[]] * len(self.stems)]
-        for stem, history in enumerate(self._raises):
-            if history:
-                start_ref[stem] = max(start_ref[stem], history[-1][1])
         self._ref = torch.tensor(start_ref, dtype=torch.float32, device=self.log_mel.device)
+        # Per stem, (frame, reference) each time the reference rose: a running maximum rises
+        # rarely (about log(frames) times on stationary sound), so this stays small.
+        self._rises = [[] for _ in self.stems]
+        self._whole_stream = False  # True once restore() gave the history before this run
         self.emit_from = emit_from
-        # The levels (dB before the reference) of the stream's first `hold_frames` frames, kept
-        # so that the second pass can apply the final reference without separating again.
-        self.hold_frames = hold_frames
-        self.held = HeldLevels(len(self.stems), N_MELS, hold_frames) if hold_frames else None
+        # The levels (dB before the reference) of the stream's first frames, kept so that the
+        # second pass can apply the final reference without separating again.
+        self.hold = hold
         self.frames_emitted = 0  # one past the last frame emitted (absolute)
         self._expected = None  # stream sample the next chunk must start at
         self._first_frame = None  # absolute index of the frame-grid point the run starts at
@@ -161,23 +156,26 @@ class MelFeatures(Operator):
         """Each stem's reference so far (dB): what a restart or a second pass carries over."""
         return self._ref.tolist()
 
-    @property
-    def held_frames(self) -> range:
-        """The frames whose levels are held: from the run's first on, without a gap."""
-        return self.held.frames if self.held else range(0)
+    def state(self) -> dict:
+        """The reference and its history: each stem's (frame, reference) at every rise, and the
+        first frame the history speaks for (0 once it covers the whole stream). Copies: it is
+        read from the event loop while the stage appends in its thread."""
+        rises = [list(stem) for stem in self._rises]
+        return {"reference_db": self.reference_db, "reference_rises": rises,
+                "first_frame": 0 if self._whole_stream else self._first_frame or 0}
 
-    def held_features(self, reference_db: Sequence[float], piece: int = 1024):
-        """The held frames as features under a fixed reference (the second pass's)."""
-        ref = torch.tensor(reference_db, dtype=torch.float32)
-        for start in range(self.held_frames.start, self.held_frames.stop, piece):
-            level = torch.from_numpy(self.held.get(start, start + piece))
-            yield FrameChunk(to_db(level, ref)[0].numpy(), start)
-
-    @property
-    def raises(self) -> List[List[tuple]]:
-        """Each stem's (frame, reference) history: what a resumed run carries over (with
-        emit_from, it restores the reference at that frame)."""
-        return [list(stem) for stem in self._raises]
+    def restore(self, state: dict) -> None:
+        """A resumed run starts from the interrupted one's history before `emit_from`, the
+        frame it resumes at: the reference there is the last rise's, and the history still
+        speaks for the whole stream."""
+        self._whole_stream = True
+        self._rises = [[(int(f), float(r)) for f, r in stem if f < self.emit_from]
+                       for stem in state["reference_rises"]]
+        ref = self._ref.clone()
+        for stem, history in enumerate(self._rises):
+            if history:
+                ref[stem] = max(float(ref[stem]), history[-1][1])
+        self._ref = ref
 
     @property
     def samples_per_frame(self) -> int:
@@ -197,26 +195,21 @@ class MelFeatures(Operator):
         the frames from T on: 3072 samples, 70 ms, at 44.1 kHz."""
         return self.restart_frames * self.samples_per_frame
 
-    def restart_sample(self, frame: int) -> int:
-        """The latest input sample where a restart reproduces the frames from `frame` on (given
-        the uninterrupted run's reference_db)."""
+    @property
+    def lookahead_samples(self) -> int:
+        """A frame needs the centring's n_fft/2 and the resampler's reach after it."""
+        return self.warmup_samples
+
+    def restart_sample(self, first_needed: int) -> int:
+        """The latest input sample where a restart reproduces the frames centred at or after
+        `first_needed` (given the uninterrupted run's state())."""
+        frame = -(-first_needed // self.samples_per_frame)
         return max(0, frame - self.restart_frames) * self.samples_per_frame
 
     def samples_through(self, frame: int) -> int:
         """Input samples (from sample 0) a run must read for its frames up to `frame` to equal a
         longer run's: the reach after a frame is the same as before it."""
         return (frame + self.restart_frames + 1) * self.samples_per_frame
-
-    def exact_from(self, tolerance_db: float = 0.0) -> int:
-        """The first frame from which every frame so far was made with each stem's reference
-        within tolerance_db of its reference now (at end of stream: the seed's whole-VOD maximum).
-        Frames before it came out under a lower reference, so with a higher floor than the
-        seed's; a second pass over them with reference_db=self.reference_db gives the seed's."""
-        frame = 0 if self._whole_stream else self._first_frame or 0
-        for stem, raises in enumerate(self._raises):
-            final = float(self._ref[stem])
-            frame = max(frame, next((f for f, r in raises if r >= final - tolerance_db), frame))
-        return frame
 
     def process(self, chunk: AudioChunk) -> List[FrameChunk]:
         if chunk.rate != self.rate or tuple(chunk.stems) != self.stems:
@@ -265,41 +258,15 @@ class MelFeatures(Operator):
             return []
         level = self.log_mel.frames(frames)
         self.frames_emitted = first + len(frames)
-        if self.held is not None and first < self.hold_frames:
-            self.held.add(level[..., :self.hold_frames - first].cpu().numpy(), first)
+        if self.hold is not None:  # it keeps what fits, and counts the rest
+            self.hold.add(level[..., :max(0, self.hold.capacity - first)].cpu().numpy(), first,
+                          frames=len(frames))
         db, ref = to_db(level, self._ref)
         rose = torch.diff(ref, dim=1, prepend=self._ref[:, None]) > 0
         for stem, j in rose.nonzero().tolist():
-            self._raises[stem].append((first + j, float(ref[stem, j])))
+            self._rises[stem].append((first + j, float(ref[stem, j])))
         self._ref = ref[:, -1].clone()
         return [FrameChunk(db.cpu().numpy(), first)]
-
-
-class HeldLevels:
-    """Frames (stems, mels) kept for a later pass, in one anonymous memory map of `capacity`
-    frames: outside malloc's heap, where many long-lived pieces among the pipeline's short-lived
-    buffers would pin memory far beyond their own size; pages count only once written."""
-
-    def __init__(self, stems: int, mels: int, capacity: int):
-        self._map = mmap.mmap(-1, max(1, capacity * stems * mels * 4))
-        self._buf = np.frombuffer(self._map, np.float32, capacity * stems * mels).reshape(
-            capacity, stems, mels)
-        self.frames = range(0)
-
-    def add(self, level: np.ndarray, first: int) -> None:
-        """level (stems, mels, n) of frames first.., following on from those held."""
-        if not self.frames:
-            self.frames = range(first, first)
-        assert first == self.frames.stop, "held frames must follow on"
-        n = min(level.shape[-1], len(self._buf) - (first - self.frames.start))
-        at = first - self.frames.start
-        self._buf[at:at + n] = np.moveaxis(level[..., :n], -1, 0)
-        self.frames = range(self.frames.start, first + n)
-
-    def get(self, start: int, stop: int) -> np.ndarray:
-        """Frames [start, stop) (clipped to those held) as (stems, mels, n)."""
-        a, b = start - self.frames.start, min(stop, self.frames.stop) - self.frames.start
-        return np.ascontiguousarray(np.moveaxis(self._buf[a:b], 0, -1))
 
 
 # soxr_hq 2:1: output samples an input sample moves by more than 1e-7 (measured: 95), rounded up.

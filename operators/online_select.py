@@ -30,9 +30,10 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from highlightsense.engine import grid
-from highlightsense.engine.chunks import ScoredWindows
-from highlightsense.engine.operator import Operator
-from highlightsense.operators.select import Selection, WindowScore, _suppresses, apply_nms
+from highlightsense.engine.chunks import ScoredWindows, Tick
+from highlightsense.engine.operator import ClockReader
+from highlightsense.operators.select import (Selection, WindowScore, _suppresses, apply_nms,
+                                             window_scores)
 
 EPS = 1e-9
 
@@ -61,19 +62,19 @@ class Decision:
         return self.decided_at_sec - self.window.end_sec
 
 
-class OnlineSelect(Operator):
+class OnlineSelect(ClockReader):
     """The last stage of `watch`: takes ScoredWindows, calls on_highlight(Decision) for each
-    highlight as soon as it is decided (see the module). position() gives the stream time
-    received so far, for max_delay; tick() applies max_delay between arrivals of scores."""
+    highlight as soon as it is decided (see the module). The stream time received so far, for
+    max_delay, comes in band: the pipeline's Ticks (on_tick), which pass the stages' look-ahead,
+    so max_delay applies between arrivals of scores too."""
 
     name = "select"
-    threaded = False  # little work; on the event loop, like tick()
+    threaded = False  # little work: on the event loop
 
     def __init__(self, nms_window: float, window_sec: float, stride_sec: float,
                  on_highlight: Callable[[Decision], None], threshold: Optional[float] = None,
                  percentile: Optional[float] = None, horizon_sec: float = 1800.0,
-                 max_delay_sec: float = float("inf"),
-                 position: Optional[Callable[[], float]] = None):
+                 max_delay_sec: float = float("inf")):
         if (threshold is None) == (percentile is None):
             raise ValueError("give an absolute threshold or a percentile, one of the two")
         self.nms_window = nms_window
@@ -84,7 +85,6 @@ class OnlineSelect(Operator):
         self.percentile = percentile
         self.horizon_sec = horizon_sec
         self.max_delay_sec = max_delay_sec
-        self.position = position or (lambda: self._seen_until)
         self.windows_seen = 0
         self.decisions: List[Decision] = []
         self._recent = deque()  # (end_sec, confidence) within the horizon
@@ -92,13 +92,11 @@ class OnlineSelect(Operator):
         self._kept: List[WindowScore] = []  # decided highlights still near enough to matter
         self._frontier = 0.0  # start of the next window to come
         self._seen_until = 0.0
+        self._clock = 0.0  # the stream time of the last Tick
 
     def process(self, scored: ScoredWindows) -> list:
-        start, end = scored.start_sec, scored.end_sec
-        peak = scored.peak_frame * grid.HOP / grid.FEATURE_RATE
-        for i in range(len(scored)):
-            self._add(WindowScore(int(scored.index[i]), float(start[i]), float(end[i]),
-                                  float(scored.confidence[i]), float(peak[i])))
+        for window in window_scores(scored):
+            self._add(window)
         self._decide(final=False)
         return []
 
@@ -106,10 +104,12 @@ class OnlineSelect(Operator):
         self._decide(final=True)
         return []
 
-    def tick(self) -> None:
+    def on_tick(self, tick: Tick) -> list:
         """Decide what max_delay forces now (the stream moves on between scores)."""
+        self._clock = max(self._clock, tick.stream_sec)
         if self._pending:
             self._decide(final=False)
+        return []
 
     @property
     def undecided(self) -> int:
@@ -152,7 +152,7 @@ class OnlineSelect(Operator):
                     keeps[v.index] and v.index not in open_ for v in above)
                 if not held and any(v.index in open_ for v in above):
                     open_.add(w.index)
-        now = self.position()
+        now = max(self._seen_until, self._clock)  # the stream time received so far
         still = []
         for w, threshold in self._pending:  # in window order
             forced = w.index in open_

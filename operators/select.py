@@ -2,7 +2,7 @@
 top N. Also the operator that collects scored windows at the end of the pipeline (scores are one
 number per 5 s, small enough to keep for a whole VOD; audio and frames are not kept)."""
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -61,14 +61,21 @@ class CollectScores(Operator):
     name = "collect"
     threaded = False  # trivial work: stay on the event loop
 
-    def __init__(self):
-        self.windows: List[WindowScore] = []
+    def __init__(self, windows: Sequence[WindowScore] = (),
+                 on_batch: Optional[Callable[[ScoredWindows], None]] = None):
+        self.windows: List[WindowScore] = list(windows)  # a resumed pass's, to go on from
+        self.on_batch = on_batch  # told of each batch as it arrives (the bench's observer)
 
     def process(self, scored: ScoredWindows) -> list:
-        start, end = scored.start_sec, scored.end_sec
-        peak = scored.peak_frame * grid.HOP / grid.FEATURE_RATE
-        for i in range(len(scored)):
-            self.windows.append(WindowScore(
-                int(scored.index[i]), float(start[i]), float(end[i]),
-                float(scored.confidence[i]), float(peak[i])))
+        if self.on_batch is not None:
+            self.on_batch(scored)
+        self.windows.extend(window_scores(scored))
         return []
+
+
+def window_scores(scored: ScoredWindows) -> List[WindowScore]:
+    """A scored batch as WindowScores, in seconds of stream time."""
+    start, end = scored.start_sec, scored.end_sec
+    peak = scored.peak_frame * grid.HOP / grid.FEATURE_RATE
+    return [WindowScore(int(scored.index[i]), float(start[i]), float(end[i]),
+                        float(scored.confidence[i]), float(peak[i])) for i in range(len(scored))]

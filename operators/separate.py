@@ -30,7 +30,7 @@ from demucs.utils import center_trim
 
 from highlightsense.engine.chunks import AudioChunk
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.engine.operator import Operator
+from highlightsense.engine.operator import RestartableStage
 from highlightsense.model.separator import check_half, load_separator, pick_device
 
 STEMS = ("voice", "game")
@@ -153,7 +153,7 @@ class _SegmentStream:
         return done
 
 
-class Separate(Operator):
+class Separate(RestartableStage):
     """AudioChunk (2, n) at the model's rate (44.1 kHz) in, AudioChunk (2 stems, 2, m) out with
     stems ("voice", "game"), contiguous, covering every input sample once flushed.
 
@@ -199,15 +199,21 @@ class Separate(Operator):
         return max(s.length + s.lookback for s in self.streams)
 
     @property
+    def lookahead_samples(self) -> int:
+        """Every segment covering a sample ends at most this far after it."""
+        return self.warmup_samples
+
+    @property
     def segment_grid(self) -> int:
-        """Restarts must begin a multiple of this many samples after the stream's origin."""
+        """Restarts must begin a multiple of this many samples after the stream's origin (0: a
+        restart reads the same file from its start's timeline)."""
         return math.lcm(*(s.stride for s in self.streams))
 
-    def restart_sample(self, t: int, origin: int = 0) -> int:
+    def restart_sample(self, first_needed: int) -> int:
         """The latest stream sample at which a restart gives output identical to an
-        uninterrupted run from sample `t` on (for a stream that started at `origin`)."""
+        uninterrupted run's from sample `first_needed` on."""
         grid = self.segment_grid
-        return origin + max(0, (t - origin - self.warmup_samples) // grid * grid)
+        return max(0, (first_needed - self.warmup_samples) // grid * grid)
 
     def process(self, chunk: AudioChunk) -> List[AudioChunk]:
         samples = np.array(chunk.samples, dtype=np.float32)  # ours: the caller may reuse its

@@ -37,6 +37,13 @@ class Windows(Operator):
         self._first_frame = first_index * stride_frames
         self._pending = []  # (index, start, end, padded frames, mask) not yet batched
 
+    @classmethod
+    def for_scorer(cls, cfg, scorer, first_index: int = 0) -> "Windows":
+        """The windows `cfg` asks for (engine.config.Config), padded and batched as `scorer`
+        declares (engine.operator.Scorer)."""
+        return cls(cfg.window_frames, cfg.stride_frames, pad_frames=scorer.pad_frames,
+                   batch_size=cfg.batch_size or scorer.batch_size, first_index=first_index)
+
     def process(self, chunk: FrameChunk) -> List[WindowBatch]:
         frames, start = chunk.frames, chunk.start
         if start < self._first_frame:  # a restart's warm-up: before the first window wanted

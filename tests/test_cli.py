@@ -211,3 +211,130 @@ def test_version(capsys):
         main(["--version"])
     assert exit.value.code == 0
     assert capsys.readouterr().out == f"highlightsense {__version__}\n"  # e.g. "... 0.1.0"
+
+
+# ---- the CLI's flags and Config: one source of defaults -----------------------------------------
+
+CONFIG_COMMANDS = ("detect", "select", "watch")  # the commands that read a Config
+
+
+def _commands():
+    import argparse
+
+    from highlightsense.engine.cli import parser
+
+    p = parser()
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_help_shows_configs_defaults():
+    """No default is written in a help string: every "(default X)" of a flag that sets a Config
+    key is Config's default, and flags that set one leave argparse's default at None."""
+    import argparse
+    import re
+
+    from highlightsense.engine.config import Config, default_of
+
+    commands = _commands()
+    shown = 0
+    for name in CONFIG_COMMANDS:
+        formatter = argparse.HelpFormatter(name)
+        for action in commands[name]._actions:
+            if action.dest not in Config.__dataclass_fields__:
+                continue
+            assert action.default is None, (name, action.dest)
+            text = formatter._expand_help(action) if action.help else ""
+            for value in re.findall(r"\(default ([^):]+)\)", text):
+                assert action.type(value) == getattr(Config(), action.dest), (name, text)
+                shown += 1
+    assert shown >= 9  # window, stride, percentile, NMS (x3), top N, fragments (x2), ...
+    # ... and none is written out in the source, even one that agrees with Config today.
+    import inspect
+
+    from highlightsense.engine import cli
+
+    assert not re.findall(r"\(default:? [0-9]", inspect.getsource(cli))
+    rolling = next(a for a in commands["watch"]._actions if a.dest == "rolling_percentile")
+    assert f"from the config: {default_of('threshold_percentile')})" in rolling.help
+
+
+def test_every_config_flag_reaches_config():
+    """The flag table is the parser's: each flag whose dest is a Config field sets that key."""
+    from highlightsense.engine import cli
+    from highlightsense.engine.config import Config
+
+    table = cli.config_flags()
+    assert set(table) == set(CONFIG_COMMANDS) | {"demo"} and table["demo"] == {}
+    # The keys the hand-kept tuple listed before, all still settable by a flag.
+    assert set().union(*(t.values() for t in table.values())) == {
+        "window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n", "clips",
+        "exact_cuts", "audio_stream", "batch_size", "model", "separator", "device",
+        "separator_batch", "half", "exact_reference", "threshold", "hls_fragments",
+        "max_duration_sec"}
+    positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"]}
+    commands = _commands()
+    for name, flags in table.items():
+        actions = {a.option_strings[-1]: a for a in commands[name]._actions if a.option_strings}
+        for flag, key in flags.items():
+            action, default = actions[flag], getattr(Config(), key)
+            if action.nargs == 0:  # --half, --no-clips, --single-pass, --exact-cuts
+                argv, want = [flag], action.const
+            elif action.type is cli._duration:
+                argv, want = [flag, "1:00:00"], 3600.0
+            elif action.type in (int, float):
+                want = (0.5 if key == "threshold" else action.type(2) if default is None
+                        else default / 2 if action.type is float else default + 1)
+                argv = [flag, str(want)]
+            else:
+                argv, want = [flag, "other"], "other"
+            assert want != default, (name, flag)
+            args = cli.parser().parse_args([name, *positional.get(name, []), *argv])
+            assert getattr(cli._config(args), key) == want, (name, flag)
+
+
+def test_other_commands_do_not_import_the_bench():
+    """Measurement code stays out of the product's runs: `select` (and the parser, --help)
+    leave benchmarks.bench unimported; `bench --help` still shows its flags."""
+    script = (
+        "import sys, contextlib, io\n"
+        "from highlightsense.engine.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'bench' in out.getvalue(), out.getvalue()\n"
+        "code = main(['select', sys.argv[1]])\n"
+        "print(code, sorted(m for m in sys.modules\n"
+        "                   if m.startswith('highlightsense.benchmarks')))\n")
+    done = subprocess.run([sys.executable, "-c", script, "no-such-run"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1 []"
+    done = subprocess.run([sys.executable, "-m", "highlightsense", "bench", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--compare-seed" in done.stdout and "--stage" in done.stdout
+    assert "what the engine costs" in done.stdout  # its description, from benchmarks/bench.py
+
+
+def test_one_hh_mm_ss_formatter():
+    """decode's log times and the tables' start_ts / end_ts: the seed's HH:MM:SS, truncated."""
+    from highlightsense.engine.progress import clock
+    from highlightsense.engine.timecode import hms
+    from highlightsense.operators.sinks import tables
+    from highlightsense.operators.sources import decode
+
+    assert tables.to_timestamp is hms and decode.hms is hms
+    cases = {0: "00:00:00", 59.999: "00:00:59", 61.5: "00:01:01", 3599.9: "00:59:59",
+             3600: "01:00:00", 86399: "23:59:59", 86400.0: "24:00:00",
+             99 * 3600 + 59 * 60 + 59.9: "99:59:59", 360000: "100:00:00",
+             1_000_000.25: "277:46:40", -3: "00:00:00"}
+    assert {t: hms(t) for t in cases} == cases
+    # The seed's own arithmetic (floor divisions of the float), for any time a table holds.
+    seed = lambda s: f"{int(s // 3600):02d}:{int((s % 3600) // 60):02d}:{int(s % 60):02d}"
+    rng = np.random.default_rng(0)
+    for t in np.concatenate([rng.uniform(0, 400_000, 20_000), np.arange(0, 7300, 0.25)]):
+        assert hms(float(t)) == seed(float(t))
+    # The progress line's clock is another format on purpose: M:SS, hours only when there are.
+    assert [clock(t) for t in (5, 65.9, 3600, 36000)] == ["0:05", "1:05", "1:00:00", "10:00:00"]

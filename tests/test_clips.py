@@ -40,7 +40,7 @@ def decode(path):
     """(samples, origin_sec) of a clip's audio."""
     decoder = AudioDecoder(path)
     samples = np.concatenate([c.samples for c in decoder], axis=1)
-    return samples, decoder.origin_sec
+    return samples, decoder.info.origin_sec
 
 
 def first_frame(path):
@@ -115,7 +115,7 @@ def test_pcm_audio_next_to_video_goes_to_aac(media, tmp_path):
     ("webm", ".opus", "opus"), ("flac", ".flac", "flac"),
 ])
 def test_audio_only_sources_give_audio_clips(media, tmp_path, name, suffix, codec):
-    origin = AudioDecoder(media[name]).origin_sec
+    origin = AudioDecoder(media[name]).info.origin_sec
     result = cut_clip(media[name], tmp_path / "clip", START, END, origin_sec=origin)
     assert result.path.suffix == suffix and codecs(result.path) == [codec]
     assert START - 0.1 < result.start_sec <= START + 1e-6  # at most a packet early
@@ -131,7 +131,7 @@ def test_origin_maps_stream_time_to_the_container(media, tmp_path):
     """A .ts starts at 1.4 s and its audio carries AAC's priming; stream time still finds the
     same moment in the clip."""
     decoder = AudioDecoder(media["ts"])
-    origin = decoder.origin_sec
+    origin = decoder.info.origin_sec
     decoder.close()
     assert origin == pytest.approx(1.4, abs=1e-3)
     beep = source_beep(media["ts"])
@@ -152,7 +152,7 @@ def test_b_frames_in_a_ts(media, tmp_path, exact):
     """Reordered video in a .ts: its seeks land loosely (by dts, past the keyframe)."""
     source = media["bframes.ts"]
     decoder = AudioDecoder(source)
-    origin = decoder.origin_sec
+    origin = decoder.info.origin_sec
     decoder.close()
     result = cut_clip(source, tmp_path / "clip", START, END, origin_sec=origin, exact=exact)
     number, t, duration = first_frame(result.path)
@@ -168,7 +168,7 @@ def test_b_frames_in_a_ts(media, tmp_path, exact):
 
 def test_origin_of_a_late_starting_mkv(media, tmp_path):
     decoder = AudioDecoder(media["late.mkv"])
-    origin = decoder.origin_sec
+    origin = decoder.info.origin_sec
     decoder.close()
     assert origin == pytest.approx(5.0)
     result = cut_clip(media["late.mkv"], tmp_path / "clip", START, END, origin_sec=origin,

@@ -44,3 +44,55 @@ def test_refused_by_name(tmp_path, text, words):
 def test_missing_config_file():
     with pytest.raises(HighlightSenseError, match="no config file nope.yaml"):
         load_config("nope.yaml")
+
+
+# ---- defaults are set in one place: Config ------------------------------------------------------
+
+def test_the_default_preset_overrides_nothing():
+    from highlightsense.engine.config import PRESETS, Config, read_yaml
+
+    assert read_yaml(PRESETS / "default.yaml") == {}
+    assert load_config() == Config()
+    assert load_config("default") == Config()
+
+
+def test_the_default_preset_lists_every_key_at_configs_default():
+    """It lists the keys commented out, to copy from: each line shows Config's default."""
+    import re
+    from dataclasses import fields
+
+    import yaml
+
+    from highlightsense.engine.config import PRESETS, Config
+
+    listed = {}
+    for line in (PRESETS / "default.yaml").read_text().splitlines():
+        m = re.match(r"# ([a-z_]+): (\S+)", line)
+        if m:
+            listed[m[1]] = yaml.safe_load(m[2])
+    defaults = {f.name: f.default for f in fields(Config)}
+    assert listed == defaults
+
+
+def test_other_presets_set_only_what_differs_from_config():
+    from highlightsense.engine.config import PRESETS, Config, read_yaml
+
+    presets = sorted(p for p in PRESETS.glob("*.yaml") if p.stem != "default")
+    assert presets  # demo.yaml at least
+    for path in presets:
+        values = read_yaml(path)
+        assert values, path
+        for key, value in values.items():
+            assert value != getattr(Config(), key), f"{path.name} restates {key}'s default"
+
+
+def test_default_of_formats_configs_default():
+    from highlightsense.engine.config import default_of
+    from highlightsense.engine.timecode import hms
+
+    assert [default_of(k) for k in ("top_n", "threshold_percentile", "nms_window",
+                                    "separator", "threshold")] == ["20", "99", "10", "htdemucs",
+                                                                   "None"]
+    assert default_of("max_duration_sec", hms) == "24:00:00"
+    with pytest.raises(KeyError):
+        default_of("no_such_key")

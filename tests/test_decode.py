@@ -41,8 +41,8 @@ def test_wav_decodes_to_the_written_samples(tmp_path):
     decoded, decoder = decode_all(path, chunk_sec=0.5)
     assert decoded.shape == signal.shape
     np.testing.assert_allclose(decoded, signal, atol=1e-4)  # pcm_s16le quantisation only
-    assert decoder.codec_name == "pcm_s16le" and decoder.origin_sec == 0.0
-    assert decoder.duration_sec == pytest.approx(signal.shape[1] / RATE, abs=1e-3)
+    assert decoder.info.codec == "pcm_s16le" and decoder.info.origin_sec == 0.0
+    assert decoder.info.duration_sec == pytest.approx(signal.shape[1] / RATE, abs=1e-3)
 
 
 def test_chunk_sec_does_not_change_the_output(tmp_path):
@@ -84,11 +84,11 @@ def test_rates_and_layouts_become_stereo_44k(tmp_path, ext, rate, channels):
 def test_containers_decode_with_the_right_duration(tmp_path, ext, video):
     path = write_media(tmp_path / f"c.{ext}", tone(3.0, 440), video=video)
     decoded, decoder = decode_all(path)
-    assert decoder.has_video == video
+    assert decoder.info.has_video == video
     # AAC pads its last frame; in .ts it also keeps the encoder's 1024 priming samples.
     slack = {"ts": 2 * AAC_FRAME / RATE}.get(ext, AAC_FRAME / RATE)
     assert -0.002 <= decoded.shape[1] / RATE - 3.0 <= slack + 0.002
-    assert decoder.duration_sec == pytest.approx(3.0, abs=0.05)
+    assert decoder.info.duration_sec == pytest.approx(3.0, abs=0.05)
     assert peak_hz(decoded) == pytest.approx(440, abs=2)
 
 
@@ -119,7 +119,7 @@ def test_missing_packets_become_silence_at_the_true_time(tmp_path, caplog):
     assert decoded.shape == reference.shape  # the timeline keeps its length
     # AAC packets k*1024: 65 (1.509 s) to 86 were dropped, 87 comes back at its own time.
     assert silent_runs(decoded) == [(65 * AAC_FRAME, 87 * AAC_FRAME)]
-    assert decoder.gaps_filled_sec == pytest.approx(22 * AAC_FRAME / RATE)
+    assert decoder.info.gaps_filled_sec == pytest.approx(22 * AAC_FRAME / RATE)
     np.testing.assert_array_equal(decoded[:, :65 * AAC_FRAME], reference[:, :65 * AAC_FRAME])
     np.testing.assert_allclose(decoded[:, 88 * AAC_FRAME:], reference[:, 88 * AAC_FRAME:],
                                atol=1e-3)
@@ -141,7 +141,7 @@ def test_corrupt_middle_is_skipped_with_one_warning(tmp_path, caplog):
     bad = corrupt_bytes(clean, tmp_path / "bad.mp4", offset_frac=0.5, n_bytes=5000, seed=2)
     with caplog.at_level(logging.WARNING, logger="highlightsense"):
         decoded, decoder = decode_all(bad)
-    assert decoder.corrupt_packets > 0
+    assert decoder.info.corrupt_packets > 0
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1
     assert "corrupt audio packet" in messages[0] and "at 00:00:1" in messages[0]
@@ -155,7 +155,7 @@ def test_corrupt_middle_survives_other_containers(tmp_path, ext):
     decoded, decoder = decode_all(bad)
     # Raw mp3 has no timestamps: what is lost there shortens the file.
     assert decoded.shape[1] / RATE == pytest.approx(20.0, abs=0.5 if ext == "mp3" else 0.05)
-    assert decoder.corrupt_packets > 0 or decoder.gaps_filled_sec > 0
+    assert decoder.info.corrupt_packets > 0 or decoder.info.gaps_filled_sec > 0
 
 
 def test_errors_say_what_is_wrong(tmp_path):
@@ -180,21 +180,21 @@ def test_origin_is_the_container_time_of_the_first_sample(tmp_path):
     # Files from FFmpeg's mpegts muxer start at 1.4 s (write_media muxes like the CLI).
     ts = write_media(tmp_path / "a.ts", beeps(6.0, [3.0]), video=True)
     decoded, decoder = decode_all(ts)
-    assert decoder.origin_sec == pytest.approx(1.4, abs=1e-3)
+    assert decoder.info.origin_sec == pytest.approx(1.4, abs=1e-3)
     # .ts keeps AAC's 1024 priming samples, so the beep comes 1024 samples late in stream time.
     assert find_beeps(decoded) == pytest.approx([3.0 + AAC_FRAME / RATE], abs=0.002)
     mkv = write_media(tmp_path / "b.mkv", beeps(6.0, [3.0]), start_sec=5.0)
     decoded, decoder = decode_all(mkv)
-    assert decoder.origin_sec == pytest.approx(5.0)
+    assert decoder.info.origin_sec == pytest.approx(5.0)
     assert find_beeps(decoded) == pytest.approx([3.0], abs=0.002)
 
 
 def test_attributes_probe_and_close(tmp_path):
     path = write_media(tmp_path / "a.mkv", tone(2.0, channels=6), channels=6, video=True)
     decoder = AudioDecoder(path)
-    assert (decoder.codec_name, decoder.input_rate, decoder.input_channels) == ("aac", 44100, 6)
-    assert decoder.has_video and decoder.duration_sec == pytest.approx(2.0, abs=0.05)
-    assert decoder.origin_sec == 0.0
+    assert (decoder.info.codec, decoder.input_rate, decoder.input_channels) == ("aac", 44100, 6)
+    assert decoder.info.has_video and decoder.info.duration_sec == pytest.approx(2.0, abs=0.05)
+    assert decoder.info.origin_sec == 0.0
     decoder.close()  # closing before iterating is fine
     info = probe(path)
     assert [s["type"] for s in info["streams"]] == ["audio", "video"]
@@ -223,10 +223,10 @@ def test_pts_of_first_packet_not_zero_in_mp3(tmp_path):
     # The mp3 demuxer skips the encoder delay and starts its clock after it.
     path = write_media(tmp_path / "a.mp3", beeps(4.0, [2.0]))
     decoded, decoder = decode_all(path)
-    assert decoder.origin_sec > 0
+    assert decoder.info.origin_sec > 0
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
-        assert decoder.origin_sec == pytest.approx(float(stream.start_time * stream.time_base))
+        assert decoder.info.origin_sec == pytest.approx(float(stream.start_time * stream.time_base))
     assert find_beeps(decoded) == pytest.approx([2.0], abs=0.002)
 
 

@@ -10,7 +10,9 @@ from highlightsense.benchmarks.media import write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine.cli import main
 from highlightsense.engine.config import load_config
-from highlightsense.engine.detect import build_scorer, build_stages, run_pipeline
+from highlightsense.engine.operator import FeatureRun
+from highlightsense.engine.passes import build_scorer, run_pipeline
+from highlightsense.engine.second_pass import exact_from
 from highlightsense.operators.sources.decode import AudioDecoder
 
 
@@ -57,11 +59,11 @@ def test_detect_with_model_scores_with_the_whole_vods_reference(files, tmp_path,
     cfg = load_config(overrides={"model": str(checkpoint), "separator": str(separator),
                                  "device": "cpu"})
     scorer = build_scorer(cfg)
-    first = build_stages(cfg, scorer)
+    first = scorer.feature_stages(cfg)
     one, _ = run_pipeline(AudioDecoder(str(media)), first, scorer, cfg)
     one = np.array([w.confidence for w in one])
-    assert first[1].exact_from() > 0  # the loudest frame came after the first window
-    known = build_stages(cfg, scorer, reference_db=first[1].reference_db)
+    assert exact_from(first[1].state()) > 0  # the loudest frame came after the first window
+    known = scorer.feature_stages(cfg, FeatureRun(reference_db=first[1].reference_db))
     expected, _ = run_pipeline(AudioDecoder(str(media)), known, scorer, cfg)
     expected = np.array([w.confidence for w in expected])
 

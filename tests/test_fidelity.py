@@ -6,7 +6,7 @@ Both sides get the same stems (a fixed separation) and one checkpoint written he
   one window at a time;
 - streaming: MelFeatures on irregular chunks -> Windows(1292, 215, pad 2583) -> CrnnScorer in
   batches, run by the engine's Pipeline, then a second pass over the prefix that was featurised
-  under a reference below the VOD's maximum (MelFeatures.exact_from), with that maximum.
+  under a reference below the VOD's maximum (engine.second_pass.exact_from), with that maximum.
 
 The figures (logit correlation, max |probability difference|, selections at percentiles 99, 90,
 75) are printed (pytest -s) and written to $HIGHLIGHTSENSE_FIDELITY_OUT when set, for the single
@@ -21,7 +21,7 @@ import librosa
 import numpy as np
 import torch
 
-from highlightsense.engine import grid
+from highlightsense.engine import grid, second_pass
 from highlightsense.engine.chunks import AudioChunk
 from highlightsense.engine.operator import Source
 from highlightsense.engine.pipeline import Pipeline
@@ -249,7 +249,7 @@ def test_streaming_scores_match_the_seed_notebook(tmp_path):
     began = time.perf_counter()
     single, features = stream_scores(model, stems)
     clock["stream"] = time.perf_counter() - began
-    exact_from = features.exact_from()
+    exact_from = second_pass.exact_from(features.state())
     redo = [w for w in single if round(w.start_sec / hop_sec) < exact_from]
     last_frame = round(redo[-1].end_sec / hop_sec) - 1 if redo else 0
     began = time.perf_counter()

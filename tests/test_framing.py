@@ -1,16 +1,15 @@
+from itertools import chain, repeat
+
 import numpy as np
 import pytest
 
+from harness import FramerOperator, run_operator
 from highlightsense.engine.framing import CenteredFramer, offline_frames
 
 
-def stream(signal, chunk, n_fft=2048, hop=512):
-    framer = CenteredFramer(n_fft, hop)
-    parts = [framer.push(signal[..., :0])]  # an empty push first: harmless
-    for i in range(0, signal.shape[-1], chunk):
-        parts.append(framer.push(signal[..., i:i + chunk]))
-    parts.append(framer.flush())
-    return np.concatenate(parts), framer
+def empty_first(chunk):
+    """Chunk sizes for run_operator: an empty push first (harmless), then `chunk` at a time."""
+    return chain([0], repeat(chunk))
 
 
 def naive_frames(signal, n_fft, hop):
@@ -29,7 +28,8 @@ def test_streamed_frames_equal_offline_for_any_chunking(n, shape):
     assert reference.shape == (1 + n // 512,) + shape + (2048,)
     assert np.array_equal(reference, naive_frames(signal, 2048, 512))
     for chunk in (1, 2, 7, 97, 511, 512, 4099, max(n, 1)):
-        frames, _ = stream(signal, chunk)
+        frames = FramerOperator.frames_of(run_operator(FramerOperator(), signal,
+                                                       empty_first(chunk)))
         assert frames.dtype == np.float32
         assert frames.shape == reference.shape
         assert np.array_equal(frames, reference), f"chunk {chunk}"
@@ -41,23 +41,24 @@ def test_other_sizes(n_fft, hop):
     reference = naive_frames(signal, n_fft, hop)
     assert np.array_equal(offline_frames(signal, n_fft, hop), reference)
     for chunk in (1, 3, 61, 1000):
-        assert np.array_equal(stream(signal, chunk, n_fft, hop)[0], reference)
+        out = run_operator(FramerOperator(n_fft, hop), signal, empty_first(chunk))
+        assert np.array_equal(FramerOperator.frames_of(out), reference)
 
 
 def test_frames_are_copies_and_memory_stays_bounded():
     signal = np.random.default_rng(1).standard_normal(200_000).astype(np.float32)
-    framer = CenteredFramer()
-    got = []
-    for i in range(0, len(signal), 300):
-        got.append(framer.push(signal[i:i + 300]))
-        assert framer.held < 2048
-    framer.push(signal[:0])
-    big = framer.push(np.zeros(100_000, np.float32))  # one large push, then back to small
-    assert framer.held < 2048
-    got += [big, framer.flush()]
-    assert framer.frames_out == 1 + 300_000 // 512
     whole = np.concatenate([signal, np.zeros(100_000, np.float32)])
-    assert np.array_equal(np.concatenate(got), offline_frames(whole))
+    # 300 samples at a time, an empty push, then one large push of the zeros.
+    sizes = [300] * (200_000 // 300) + [200_000 % 300, 0, 100_000]
+
+    def bounded(op, chunk, out):
+        assert op.framer.held < 2048
+
+    op = FramerOperator()
+    got = run_operator(op, whole, sizes, each=bounded)
+    framer = op.framer
+    assert framer.frames_out == 1 + 300_000 // 512
+    assert np.array_equal(FramerOperator.frames_of(got), offline_frames(whole))
 
 
 def test_flush_without_push_gives_the_one_frame_of_an_empty_signal():
@@ -72,7 +73,7 @@ def test_flush_without_push_gives_the_one_frame_of_an_empty_signal():
 def test_matches_librosa_when_installed():
     librosa = pytest.importorskip("librosa")
     signal = np.random.default_rng(2).standard_normal(10_000).astype(np.float32)
-    frames, _ = stream(signal, 777)
+    frames = FramerOperator.frames_of(run_operator(FramerOperator(), signal, empty_first(777)))
     padded = np.pad(signal, 1024)  # librosa's centring with pad_mode="constant"
     assert np.array_equal(frames, librosa.util.frame(padded, frame_length=2048, hop_length=512).T)
     window = librosa.filters.get_window("hann", 2048, fftbins=True)

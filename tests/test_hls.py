@@ -12,8 +12,10 @@ from highlightsense.benchmarks.media import beeps, find_beeps, tone, write_media
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.operators.sources.decode import AudioDecoder
 from highlightsense.operators.sources.fetch import FetchPolicy
-from highlightsense.operators.sources.hls import (HlsAudioSource, HlsReader, MasterPlaylist,
-                                                  MediaPlaylist, parse_playlist)
+from highlightsense.operators.sources.hls_playlist import (MasterPlaylist, MediaPlaylist,
+                                                           parse_playlist)
+from highlightsense.operators.sources.hls_reader import HlsReader
+from highlightsense.operators.sources.hls_source import HlsAudioSource
 
 RATE = 44100
 BEEPS = [1.0, 5.5, 13.0, 18.2]
@@ -54,8 +56,9 @@ def test_vod_audio_equals_the_file_it_was_made_from(media, server, playlist):
     urls = server.add_vod("vod", hls)
     samples, source = decode_hls(urls[playlist])
     assert np.array_equal(samples, reference)
-    assert source.duration_sec == pytest.approx(20.0, abs=0.1)
-    assert len(source.timeline) == 1 and source.timeline[0].origin_sec == pytest.approx(1.4)
+    assert source.info.duration_sec == pytest.approx(20.0, abs=0.1)
+    assert (len(source.info.timeline) == 1
+            and source.info.timeline[0].origin_sec == pytest.approx(1.4))
     fetched = {r.path.split("/")[2] for r in server.requests if r.path.endswith(".ts")}
     # The master's audio-only rendition is what gets downloaded, not the video.
     assert fetched == ({"v"} if playlist == "video" else {"a"})
@@ -144,8 +147,8 @@ def test_discontinuity_keeps_stream_time_continuous(tmp_path, server):
     length = first.shape[1] / RATE
     found = find_beeps(samples)
     assert found == pytest.approx([1.0, 6.0, length + 2.0, length + 5.0], abs=0.03)
-    assert [(e.discontinuity, e.origin_sec) for e in source.timeline] == [(0, 1.4), (1, 1.4)]
-    assert source.timeline[1].stream_sec == pytest.approx(length)
+    assert [(e.discontinuity, e.origin_sec) for e in source.info.timeline] == [(0, 1.4), (1, 1.4)]
+    assert source.info.timeline[1].stream_sec == pytest.approx(length)
 
 
 @pytest.mark.parametrize("style", ["daterange", "cue", "title"])
@@ -163,7 +166,7 @@ def test_ads_marked_in_the_playlist_are_skipped_with_a_log_line(tmp_path, server
         "skipped an ad break marked in the playlist: 3 segments (5.0 s) from segment 5, at "
         "0:08 of the stream"]
     content = parts[0].durations + parts[2].durations
-    assert source.duration_sec == pytest.approx(sum(content))  # the ad's time left out
+    assert source.info.duration_sec == pytest.approx(sum(content))  # the ad's time left out
 
 
 def test_live_playlist_is_followed_until_it_ends(media, server, caplog):
@@ -175,7 +178,8 @@ def test_live_playlist_is_followed_until_it_ends(media, server, caplog):
         samples, source = decode_hls(urls["audio"], poll_sec=0.05)
     assert np.array_equal(samples, reference)
     assert 1.5 < time.monotonic() - began < 8  # it waited for the segments to appear
-    assert source.duration_sec is None and source.live_edge_sec == pytest.approx(20.0, abs=0.1)
+    assert (source.info.duration_sec is None
+            and source.info.live_edge_sec == pytest.approx(20.0, abs=0.1))
     assert not caplog.records  # nothing missed
     reloads = server.requests_for("/live/audio.m3u8")
     assert len(reloads) > 10
@@ -185,7 +189,7 @@ def test_live_edge_start_begins_three_target_durations_back(media, server):
     _, hls, reference = media
     urls = server.add_live("live", hls, speed=10, initial=6, window=None)
     samples, source = decode_hls(urls["audio"], poll_sec=0.05, start="live_edge")
-    assert source.timeline[0].sequence == 3  # 6 listed, 2-s segments, target 2 s: the last 3
+    assert source.info.timeline[0].sequence == 3  # 6 listed, 2-s segments, target 2 s: the last 3
     assert samples.shape[1] < reference.shape[1]
 
 

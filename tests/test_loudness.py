@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from harness import joined, run_operator
 from highlightsense.benchmarks.loudness_recall import classify, recall_table, score_vod
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine import grid
@@ -27,23 +28,13 @@ def varied_audio(seconds, seed=0):
     return (rng.standard_normal((2, n)) * level).astype(np.float32)
 
 
-def stream(audio, chunk, start=0, op=None):
-    op = op or LoudnessFeatures()
-    out = []
-    for i in range(0, audio.shape[1], chunk):
-        out += op.process(AudioChunk(audio[:, i:i + chunk], RATE, start + i))
-    out += op.flush()
-    for a, b in zip(out, out[1:]):
-        assert b.start == a.end  # contiguous
-    return out[0].start, np.concatenate([c.frames for c in out], axis=1), op
-
-
 def test_streaming_equals_offline_on_a_short_signal_one_sample_at_a_time():
     audio = varied_audio(3.0)
     reference = loudness_features_offline(audio)
     assert reference.shape == (len(FEATURES), grid.n_frames(audio.shape[1]))
     for chunk in (1, 1000, audio.shape[1]):
-        start, frames, _ = stream(audio, chunk)
+        out = run_operator(LoudnessFeatures(), audio, chunk)
+        start, frames = out[0].start, joined(out)  # joined: contiguous
         assert start == 0
         np.testing.assert_array_equal(frames, reference)
 
@@ -57,7 +48,8 @@ def long_audio():
 @pytest.mark.parametrize("chunk", [1000, 7919, 44111, 7 * RATE, 10 ** 9])
 def test_streaming_equals_offline_for_any_chunking(long_audio, chunk):
     audio, reference = long_audio
-    start, frames, op = stream(audio, chunk)
+    out = run_operator(LoudnessFeatures(), audio, chunk)
+    start, frames = out[0].start, joined(out)  # joined: contiguous
     assert start == 0 and frames.dtype == np.float32
     # Same arithmetic on the same numbers: equal bit for bit, not just close.
     np.testing.assert_array_equal(frames, reference)
@@ -76,10 +68,11 @@ def test_feature_channels(long_audio):
 
 def test_memory_stays_bounded(long_audio):
     audio, _ = long_audio
-    op = LoudnessFeatures()
-    for i in range(0, audio.shape[1], RATE):
-        op.process(AudioChunk(audio[:, i:i + RATE], RATE, i))
+
+    def bounded(op, chunk, out):
         assert op.held_frames < 3000  # ~2 neighbourhoods of 1-s blocks, never the whole stream
+
+    run_operator(LoudnessFeatures(), audio, RATE, each=bounded, flush=False)
 
 
 def test_restart_reproduces_the_stream_after_its_lookback(long_audio):
@@ -87,7 +80,8 @@ def test_restart_reproduces_the_stream_after_its_lookback(long_audio):
     t = int(100.3 * RATE)
     r = restart_sample(t)
     assert r % ALIGN_SAMPLES == 0 and 0 < t - r <= LoudnessFeatures.lookback_sec * RATE
-    start, frames, _ = stream(audio[:, r:], 10_000, start=r)
+    out = run_operator(LoudnessFeatures(), audio[:, r:], 10_000, start=r)
+    start, frames = out[0].start, joined(out)  # joined: contiguous
     assert start == r // 1024
     first = math.ceil(t / 1024)  # the first frame centred at or after t
     np.testing.assert_array_equal(frames[:, first - start:], reference[:, first:])
@@ -174,7 +168,8 @@ def test_confidence_never_saturates():
     assert c.dtype == np.float64 and ((c > 0) & (c < 1)).all()
     assert c[1] < c[2] < c[0]
     assert scorer.pad_frames == WIN and scorer.name == "loudness"
-    assert isinstance(scorer.features(), LoudnessFeatures)
+    [features] = scorer.feature_stages()
+    assert isinstance(features, LoudnessFeatures)
 
 
 def test_recall_on_a_five_minute_synthetic_vod():

@@ -8,12 +8,15 @@ import pytest
 import soundfile
 import soxr
 
+from harness import audio, joined, run_operator
 from highlightsense.engine import grid
 from highlightsense.engine.chunks import AudioChunk
+from highlightsense.engine.second_pass import exact_from
 from highlightsense.operators.mel_features import (MelFeatures, mel_features_offline,
                                                    slaney_mel_filterbank)
 
 RATE = grid.AUDIO_RATE
+AS_STEMS = audio(RATE, ("voice", "game"))  # run_operator's chunks: AudioChunks of both stems
 
 
 def stems_signal(seconds, seed=0, loud_at=None):
@@ -33,22 +36,6 @@ def stems_signal(seconds, seed=0, loud_at=None):
         game[loud] *= 8
     stems = np.stack([np.stack([voice, 0.7 * voice]), np.stack([game, -game])])
     return stems.astype(np.float32)
-
-
-def stream(op, stems, chunk_sizes):
-    out, pos, k = [], 0, 0
-    while pos < stems.shape[-1]:
-        n = chunk_sizes[k % len(chunk_sizes)]
-        out += op.process(AudioChunk(stems[..., pos:pos + n], RATE, pos, ("voice", "game")))
-        pos, k = pos + n, k + 1
-    out += op.flush()
-    return out
-
-
-def frames_of(chunks, first=0):
-    starts = np.cumsum([first] + [c.end - c.start for c in chunks])[:-1]
-    assert [c.start for c in chunks] == list(starts)  # contiguous
-    return np.concatenate([c.frames for c in chunks], axis=-1)
 
 
 def seed_features(stems):
@@ -83,14 +70,14 @@ def test_resampler_stream_equals_whole_signal_with_librosas_length():
 def test_streaming_equals_whole_signal(samples, chunks):
     stems = stems_signal(samples / RATE + 1e-9, seed=samples)[..., :samples]
     whole = mel_features_offline(stems)
-    got = frames_of(stream(MelFeatures(), stems, chunks))
+    got = joined(run_operator(MelFeatures(), stems, chunks, make_chunk=AS_STEMS), start=0)
     assert got.shape == whole.shape == (2, 80, grid.n_frames(samples))
     np.testing.assert_allclose(got, whole, rtol=0, atol=1e-4)
 
 
 def test_one_sample_chunks():
     stems = stems_signal(0.25, seed=9)
-    got = frames_of(stream(MelFeatures(), stems, [1]))
+    got = joined(run_operator(MelFeatures(), stems, [1], make_chunk=AS_STEMS), start=0)
     np.testing.assert_allclose(got, mel_features_offline(stems), rtol=0, atol=1e-4)
 
 
@@ -99,17 +86,18 @@ def test_equals_librosa_once_the_reference_is_the_vods_maximum(tmp_path):
     stems = stems_signal(12.0, seed=1, loud_at=10.0)
     seed = seed_features(stems)
     first = MelFeatures()
-    single = frames_of(stream(first, stems, [4410]))
-    exact = first.exact_from()
+    single = joined(run_operator(first, stems, [4410], make_chunk=AS_STEMS), start=0)
+    exact = exact_from(first.state())
     assert 10.0 * 22050 / 512 - 3 <= exact <= 11.0 * 22050 / 512  # when the loud second came
     np.testing.assert_allclose(single[..., exact:], seed[..., exact:], rtol=0, atol=1e-3)
     assert np.abs(single[..., :exact] - seed[..., :exact]).max() > 1.0  # too high a floor before
     # A second pass over the prefix with the final reference gives the seed's values throughout.
     again = MelFeatures(reference_db=first.reference_db)
-    prefix = stream(again, stems[..., :again.samples_through(exact)], [4410])
-    redone = frames_of(prefix)[..., :exact]
+    prefix = run_operator(again, stems[..., :again.samples_through(exact)], [4410],
+                          make_chunk=AS_STEMS)
+    redone = joined(prefix, start=0)[..., :exact]
     np.testing.assert_allclose(redone, seed[..., :exact], rtol=0, atol=1e-3)
-    assert again.exact_from() == 0
+    assert exact_from(again.state()) == 0
 
 
 def test_equals_librosa_load_of_the_seeds_wav_files(tmp_path):
@@ -123,8 +111,9 @@ def test_equals_librosa_load_of_the_seeds_wav_files(tmp_path):
         seed.append(librosa.power_to_db(mel, ref=np.max))
     seed = np.stack(seed)
     first = MelFeatures()
-    frames_of(stream(first, stems, [RATE // 3]))
-    got = frames_of(stream(MelFeatures(reference_db=first.reference_db), stems, [RATE // 3]))
+    joined(run_operator(first, stems, [RATE // 3], make_chunk=AS_STEMS), start=0)
+    second = MelFeatures(reference_db=first.reference_db)
+    got = joined(run_operator(second, stems, [RATE // 3], make_chunk=AS_STEMS), start=0)
     assert got.shape == seed.shape
     np.testing.assert_allclose(got, seed, rtol=0, atol=1e-3)
 
@@ -132,27 +121,24 @@ def test_equals_librosa_load_of_the_seeds_wav_files(tmp_path):
 def test_restart_reproduces_frames_from_the_declared_context():
     stems = stems_signal(8.0, seed=4, loud_at=0.0)  # loud first: the reference settles early
     full_op = MelFeatures()
-    full = frames_of(stream(full_op, stems, [5000]))
+    full = joined(run_operator(full_op, stems, [5000], make_chunk=AS_STEMS), start=0)
     assert full_op.restart_frames == 3 and full_op.warmup_samples == 3072
     for frame, early in ((200, 0), (301, 0), (250, 700)):  # on the frame grid, and off it
-        start = full_op.restart_sample(frame) - early
+        start = full_op.restart_sample(grid.frame_sample(frame)) - early
         op = MelFeatures(reference_db=full_op.reference_db)
-        out, pos = [], start
-        while pos < stems.shape[-1]:
-            out += op.process(AudioChunk(stems[..., pos:pos + 3000], RATE, pos, ("voice", "game")))
-            pos += 3000
-        out += op.flush()
+        out = run_operator(op, stems[..., start:], 3000, start=start, make_chunk=AS_STEMS)
         assert out[0].start == frame  # frames without their context are not emitted
-        np.testing.assert_allclose(frames_of(out, frame), full[..., frame:], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(joined(out, start=frame), full[..., frame:], rtol=0, atol=1e-3)
 
 
 def test_less_context_is_not_enough():
     stems = stems_signal(4.0, seed=5, loud_at=0.0)
     full_op = MelFeatures()
-    full = frames_of(stream(full_op, stems, [5000]))
+    full = joined(run_operator(full_op, stems, [5000], make_chunk=AS_STEMS), start=0)
     cut = 97  # a fresh stream from frame 97's sample: its frame k is the full run's 97 + k
     fresh = MelFeatures(reference_db=full_op.reference_db)
-    got = frames_of(stream(fresh, stems[..., cut * 1024:], [5000]))
+    got = joined(run_operator(fresh, stems[..., cut * 1024:], [5000], make_chunk=AS_STEMS),
+                 start=0)
     diff = [float(np.abs(got[..., k] - full[..., cut + k]).max()) for k in range(6)]
     print("restart: max |dB difference| of frames 0..5 after the cut:", diff)
     assert diff[1] > 0.1  # a quarter of its window was zeros

@@ -5,8 +5,10 @@ import time
 
 import pytest
 
+from highlightsense.engine.chunks import Tick
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import Operator, Source
+from highlightsense.engine.operator import ClockReader
 from highlightsense.engine.pipeline import Pipeline, StageError
 
 
@@ -138,3 +140,49 @@ async def test_progress_callback_sees_the_final_metrics():
                    progress_interval=0.01).run()
     assert seen and seen[-1].finished is not None
     assert seen[-1].stages[1].chunks_in == 5
+
+
+async def test_a_tick_passes_an_operator_that_holds_its_input():
+    class Timed(Source):
+        """Items, then the clock moving on, then more items."""
+        name = "timed"
+
+        def __iter__(self):
+            yield from [0, 1, Tick(2.0), 2, Tick(1.0), Tick(3.0)]  # the clock never goes back
+
+    class Holds(Operator):
+        """Emits nothing until the end of the stream."""
+        name = "holds"
+
+        def __init__(self):
+            self.seen = []
+
+        def process(self, item):
+            self.seen.append(item)
+            return []
+
+        def flush(self):
+            return [tuple(self.seen)]
+
+    class Clock(ClockReader):
+        name = "clock"
+
+        def __init__(self):
+            self.got = []
+
+        def process(self, item):
+            self.got.append(item)
+            return [item]
+
+        def on_tick(self, tick):
+            self.got.append(tick)
+            return []
+
+    holds, clock, after = Holds(), Clock(), Collect()
+    metrics = await Pipeline(Timed(), [GroupsOf(2), holds, clock, after], queue_size=1).run()
+    # The ticks went past both buffering stages, each after what that stage had emitted before
+    # it (the group (0, 1) went into `holds`, which emitted nothing); holds' flush came last.
+    assert clock.got == [Tick(2.0), Tick(3.0), ((0, 1), (2,))]
+    assert holds.seen == [(0, 1), (2,)]  # no operator but the clock reader saw a tick
+    assert after.items == [((0, 1), (2,))]  # nor the stage after it: ticks pass untouched
+    assert metrics.stages[2].chunks_in == 2 and metrics.stages[3].chunks_in == 1

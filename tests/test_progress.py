@@ -53,3 +53,25 @@ def test_display_in_a_kernel_is_the_notebook_bar_or_its_text_fallback(monkeypatc
     assert Progress(60.0, stream=io.StringIO()).display == TERMINAL  # a stream given: as asked
     monkeypatch.setattr(tqdm.notebook, "IProgress", None)  # no ipywidgets: tqdm cannot draw
     assert progress_display() == TEXT
+
+
+def test_a_default_detect_knows_the_file_s_duration_for_its_progress(tmp_path):
+    """The default settings hold the input to --max-duration (a wrapper source): the duration
+    still reaches the progress line, so a terminal shows it, the percentage and the ETA."""
+    import numpy as np
+
+    from highlightsense.benchmarks.media import write_media
+    from highlightsense.engine.config import load_config
+    from highlightsense.engine.passes import open_source
+    from highlightsense.operators.sources.wrappers import Limited
+
+    path = write_media(tmp_path / "a.wav", [np.zeros((2, 44100 * 60), np.float32)])
+    source = open_source(str(path), load_config())
+    try:
+        assert isinstance(source, Limited)  # the default: --max-duration 24:00:00
+        m = PipelineMetrics([StageMetrics("decode", busy_sec=1.0)], position_sec=30.0)
+        m.started -= 2.0
+        line = Progress(source.info.duration_sec, stream=io.StringIO()).line(m)
+        assert line.startswith("0:30 / 1:00 (50%)") and "ETA 0:02" in line, line
+    finally:
+        source.close()

@@ -11,7 +11,7 @@ from highlightsense.benchmarks.media import write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine.cli import main
 from highlightsense.engine.config import load_config
-from highlightsense.engine.detect import build_scorer, build_stages, run_pipeline
+from highlightsense.engine.passes import build_scorer, run_pipeline
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.operators.sources.decode import AudioDecoder
 from highlightsense.operators.sources.fetch import FetchPolicy, HttpFile
@@ -150,7 +150,7 @@ def test_unreachable_segments_stop_the_pipeline_with_one_line(files, server):
     scorer = build_scorer(cfg)
     source = open_audio(urls["master"], policy=FetchPolicy(tries=2, backoff_sec=0.05))
     with pytest.raises(HighlightSenseError) as e:
-        run_pipeline(source, build_stages(cfg, scorer), scorer, cfg)
+        run_pipeline(source, scorer.feature_stages(cfg), scorer, cfg)
     message = str(e.value)
     assert message.startswith("decode: could not fetch HLS segment 3") and "404" in message
     assert "\n" not in message

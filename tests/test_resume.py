@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import audio, run_operator
 from highlightsense.benchmarks.media import write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine.cli import main
+from highlightsense.engine import grid
 from highlightsense.engine.resume import RECORD_NAME
+from highlightsense.engine.second_pass import exact_from
 from highlightsense.operators.sources.decode import AudioDecoder
 from highlightsense.operators.mel_features import MelFeatures
-from highlightsense.engine.chunks import AudioChunk
 from highlightsense.operators.separate import STEMS
 
 
@@ -47,9 +49,9 @@ def _decode(path, **kw):
 def test_decoder_restart_gives_the_uninterrupted_samples(tmp_path, name, rate, extra):
     path = write_media(tmp_path / name, _noise_blocks(rate, 40), rate=rate, **extra)
     whole, first_run = _decode(path)
-    assert len(first_run.sync_points) >= 4
+    assert len(first_run.info.sync_points) >= 4
     for start in (2 * 44100 + 17, 20 * 44100, 31 * 44100 + 12345, whole.shape[1] - 100):
-        again, decoder = _decode(path, start_sample=start, sync_points=first_run.sync_points)
+        again, decoder = _decode(path, start_sample=start, sync_points=first_run.info.sync_points)
         assert again.shape[1] == whole.shape[1] - start
         assert np.array_equal(again, whole[:, start:]), (name, start)
         if start > 12 * 44100:  # decoding began near the start sample, not at the beginning
@@ -63,27 +65,26 @@ def test_mel_features_resume_from_their_history():
     stems[..., 30 * 44100:31 * 44100] *= 8  # the loudest second comes late
     stems[..., 10 * 44100:11 * 44100] *= 4
 
-    def run(op, start=0, cut=None):
-        frames, step = [], 44100 // 3
-        for at in range(start, n, step):
-            frames += op.process(AudioChunk(stems[..., at:at + step], 44100, at, STEMS))
-            if cut is not None and at >= cut:
-                return op
-        frames += op.flush()
-        return frames
+    step, as_stems = 44100 // 3, audio(stems=STEMS)
+
+    def run(op, start=0):
+        return run_operator(op, stems[..., start:], step, start=start, make_chunk=as_stems)
 
     whole_op = MelFeatures()
     whole = run(whole_op)
     whole_frames = np.concatenate([c.frames for c in whole], axis=-1)
-    interrupted = run(MelFeatures(), cut=25 * 44100)  # history up to ~25 s
+    interrupted = MelFeatures()  # stopped after the chunk that reaches ~25 s: history up to it
+    end = (-(-25 * 44100 // step) + 1) * step
+    run_operator(interrupted, stems[..., :end], step, make_chunk=as_stems, flush=False)
     for resume_frame in (0, 700, 1000):
-        op = MelFeatures(raises=interrupted.raises, emit_from=resume_frame)
-        out = run(op, start=op.restart_sample(resume_frame))
+        op = MelFeatures(emit_from=resume_frame)
+        op.restore(interrupted.state())
+        out = run(op, start=op.restart_sample(grid.frame_sample(resume_frame)))
         got = np.concatenate([c.frames for c in out], axis=-1)
         assert out[0].start == resume_frame
         # As equal as a restart makes them (the resampler's reach: see test_mel_features).
         np.testing.assert_allclose(got, whole_frames[..., resume_frame:], rtol=0, atol=1e-3)
-        assert op.exact_from() == whole_op.exact_from() > 0
+        assert exact_from(op.state()) == exact_from(whole_op.state()) > 0
         np.testing.assert_allclose(op.reference_db, whole_op.reference_db, rtol=0, atol=1e-4)
 
 
@@ -313,7 +314,7 @@ def test_max_duration_refuses_longer_input_in_one_line(vod, tmp_path, capsys):
 def test_a_stream_running_past_max_duration_stops_with_one_line(tmp_path):
     """A source whose length is not known up front (a live URL, a lying header) is cut off
     while streaming."""
-    from highlightsense.engine.detect import Limited
+    from highlightsense.operators.sources.wrappers import Limited
     from highlightsense.engine.errors import HighlightSenseError
 
     media = write_media(tmp_path / "a.wav", _noise_blocks(44100, 6))

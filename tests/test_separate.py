@@ -12,6 +12,7 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.demucs import Demucs
 from demucs.htdemucs import HTDemucs
 
+from harness import joined, run_operator
 from highlightsense.engine.chunks import AudioChunk
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import Operator, Source
@@ -56,20 +57,13 @@ def two_stems(model, x):
     return torch.stack([voice, game]).numpy()
 
 
-def stream(op, x, step, start=0):
-    """Feed x in chunks of `step` samples; check the outputs are contiguous; return them
-    joined, with the number of samples emitted after each chunk."""
-    chunks, emitted = [], []
-    for i in range(0, x.shape[-1], step):
-        chunks += op.process(AudioChunk(x[:, i:i + step], RATE, start + i))
-        emitted.append(sum(c.samples.shape[-1] for c in chunks))
-    chunks += op.flush()
-    position = start
+def separated(chunks, start=0):
+    """The chunks run_operator gave back from Separate, checked (contiguous from `start`, at
+    RATE, the two stems, float32 (2, 2, n)) and joined."""
     for c in chunks:
-        assert c.start == position and c.rate == RATE and c.stems == ("voice", "game")
+        assert c.rate == RATE and c.stems == ("voice", "game")
         assert c.samples.dtype == np.float32 and c.samples.shape[:2] == (2, 2)
-        position = c.end
-    return np.concatenate([c.samples for c in chunks], axis=-1), emitted
+    return joined(chunks, start=start)
 
 
 # 61.7 s: 41 full segments, then two shorter ones at the end (the tail apply_model pads).
@@ -92,7 +86,7 @@ def long_case(model):
 def test_equals_apply_model_on_the_whole_signal(model, long_case, chunk_sec, batch_size):
     x, want = long_case
     op = Separate(model, device="cpu", batch_size=batch_size)
-    got, _ = stream(op, x, int(chunk_sec * RATE))
+    got = separated(run_operator(op, x, int(chunk_sec * RATE)))
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= TOLERANCE
     assert np.abs(want).max() > 100 * TOLERANCE  # the comparison is not between near-zeros
@@ -100,13 +94,18 @@ def test_equals_apply_model_on_the_whole_signal(model, long_case, chunk_sec, bat
 
 def test_one_sample_chunks(model):
     x = signal(5.03, seed=1)
-    got, _ = stream(Separate(model, device="cpu"), x, 1)
+    got = separated(run_operator(Separate(model, device="cpu"), x, 1))
     assert np.abs(got - two_stems(model, x)).max() <= TOLERANCE
 
 
 def test_shorter_than_one_segment(model):
     x = signal(0.7, seed=2)
-    got, emitted = stream(Separate(model, device="cpu"), x, 5000)
+    emitted = []  # samples emitted after each chunk
+
+    def count(op, chunk, out):
+        emitted.append(sum(c.samples.shape[-1] for c in out))
+
+    got = separated(run_operator(Separate(model, device="cpu"), x, 5000, each=count))
     assert emitted[-1] == 0  # all of it comes out at flush
     assert np.abs(got - two_stems(model, x)).max() <= TOLERANCE
 
@@ -118,14 +117,16 @@ def test_emits_as_soon_as_no_later_segment_covers_a_sample(model):
     op = Separate(model, device="cpu")
     length, stride = 2 * RATE, 66150
     step = RATE // 2
-    for i in range(0, x.shape[-1], step):
-        op.process(AudioChunk(x[:, i:i + step], RATE, i))
-        received = i + step
+
+    def check(op, chunk, out):
+        received = chunk.start + step
         ran = (received - length) // stride + 1 if received >= length else 0
         assert op.emitted == ran * stride
         s = op.streams[0]
         held = s.inputs.shape[-1] + sum(p.shape[-1] for p in s.pieces)
         assert held <= 2 * length and s.out.shape[-1] <= length
+
+    run_operator(op, x, step, each=check, flush=False)
 
 
 def test_bag_of_models_with_per_source_weights():
@@ -134,7 +135,7 @@ def test_bag_of_models_with_per_source_weights():
     bag = BagOfModels([tiny(1), tiny(2, segment=Fraction(3))],
                       weights=[[1., 0., 0.5, 2.], [0., 1., 0.5, 1.]])
     x = signal(14.2, seed=4)
-    got, _ = stream(Separate(bag, device="cpu", batch_size=2), x, int(2.9 * RATE))
+    got = separated(run_operator(Separate(bag, device="cpu", batch_size=2), x, int(2.9 * RATE)))
     assert np.abs(got - two_stems(bag, x)).max() <= TOLERANCE
 
 
@@ -145,7 +146,7 @@ def test_waveform_demucs_whose_segments_read_past_their_ends():
     model = Demucs(SOURCES, channels=4, depth=3, segment=2, dconv_comp=2).eval()
     assert model.valid_length(2 * RATE) > 2 * RATE
     x = signal(12.3, seed=6)
-    got, _ = stream(Separate(model, device="cpu", batch_size=3), x, int(0.9 * RATE))
+    got = separated(run_operator(Separate(model, device="cpu", batch_size=3), x, int(0.9 * RATE)))
     assert np.abs(got - two_stems(model, x)).max() <= TOLERANCE
 
 
@@ -158,9 +159,10 @@ def test_restart_gives_the_same_output_from_t_on(model, long_case, t_sec):
     t = int(t_sec * RATE)
     r = op.restart_sample(t)
     assert r % op.segment_grid == 0 and t - r >= op.warmup_samples
-    got, _ = stream(op, x[:, r:], RATE, start=r)
+    got = separated(run_operator(op, x[:, r:], RATE, start=r), start=r)
     assert np.abs(got[..., t - r:] - want[..., t:]).max() <= TOLERANCE
-    late, _ = stream(Separate(model, device="cpu"), x[:, t:], RATE, start=t)
+    late = separated(run_operator(Separate(model, device="cpu"), x[:, t:], RATE, start=t),
+                     start=t)
     assert np.abs(late[..., :RATE] - want[..., t:t + RATE]).max() > 10 * TOLERANCE
 
 

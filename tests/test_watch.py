@@ -16,9 +16,10 @@ from highlightsense.benchmarks.hls_server import HlsMedia, HlsServer
 from highlightsense.benchmarks.media import read_frame_number, write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine import grid
-from highlightsense.engine.chunks import ScoredWindows
+from highlightsense.engine.chunks import ScoredWindows, Tick
 from highlightsense.engine.config import load_config
 from highlightsense.engine.detect import detect
+from highlightsense.engine.operator import SourceInfo
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.watch import WatchOptions, WatchProgress, summary_line, watch
 from processes import interruptible, wait_for_line
@@ -112,20 +113,82 @@ def test_forced_decisions_are_marked_and_come_within_max_delay(vod, server, tmp_
         assert any(e["start_sec"] < end and e["end_sec"] > start for e in highlights)
 
 
+def test_max_delay_forces_a_decision_while_the_source_stalls(vod, server):
+    """The live playlist stops growing for a while (the broadcast's segments do not come): the
+    audio stops, but the stream clock runs on with wall time, so the first candidate window is
+    decided, forced, at max_delay past its end, while the audio after it is still missing."""
+    from highlightsense.engine.operator import lookahead_samples
+    from highlightsense.engine.passes import build_scorer
+
+    _, hls, detected = vod
+    cfg = load_config(overrides={"threshold": THRESHOLD})
+    lookahead = lookahead_samples(build_scorer(cfg).feature_stages(cfg)) / grid.AUDIO_RATE
+    first = min(w.end_sec for w in detected.windows if w.confidence >= THRESHOLD)
+    max_delay = lookahead + 12
+    # The stall: after the first segments that hold the audio its score needs (a few seconds
+    # more, for the decoder), and before max_delay has run past it.
+    ends = np.cumsum(hls.durations)
+    held = int(np.searchsorted(ends, first + lookahead + 3)) + 1  # segments out before the stall
+    stalled_at = float(ends[held - 1])
+    assert stalled_at < first + max_delay - 2
+
+    urls = server.add_live("stall", hls, speed=25, initial=1)
+    live, released = urls["clock"], threading.Event()
+    published = live.available
+    live.available = lambda: published() if released.is_set() else min(published(), held)
+
+    class Lines:  # the events as written, and whether the stall was still on
+        def __init__(self):
+            self.lines, self.forced = [], threading.Event()
+
+        def write(self, text):
+            for line in text.splitlines():
+                event = json.loads(line)
+                missing = not server.requests_for(f"/stall/a/{held}.ts")
+                self.lines.append((event, not released.is_set() and missing))
+                if event["type"] == "highlight" and event["forced"]:
+                    self.forced.set()
+
+        def flush(self):
+            pass
+
+    out, got = Lines(), {}
+
+    def run():
+        got["result"] = watch(urls["master"], cfg, WatchOptions(
+            events_stream=out, poll_sec=0.05, max_delay_sec=max_delay), show_progress=False)
+
+    watcher = threading.Thread(target=run, daemon=True)
+    began = time.monotonic()
+    watcher.start()
+    try:
+        assert out.forced.wait(60), "no forced decision while the source stalled"
+        stalled_for = time.monotonic() - began
+    finally:
+        released.set()
+        watcher.join(120)
+    assert not watcher.is_alive() and "result" in got
+    event, during_stall = next((e, s) for e, s in out.lines if e["type"] == "highlight")
+    assert event["forced"] and during_stall  # the first event: forced, before the audio resumed
+    assert event["start_sec"] < first + 1e-3 + 30 and event["delay_sec"] >= max_delay
+    assert event["decided_at_sec"] > stalled_at  # stream time past the audio delivered
+    assert stalled_for < 60
+    # After the stall the stream goes on to its end, all of it analysed.
+    assert got["result"].windows_seen == len(detected.windows)
+
+
 def test_max_delay_forces_the_greedy_answer_known_at_the_time():
     """Scores arrive 62 s of stream after their window ends, as the loudness scorer's do."""
     conf = [0.1, 0.6, 0.7, 0.8, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
     windows = scored(conf)
-    position = [0.0]
     got = []
-    select = OnlineSelect(10, 30, 5, got.append, threshold=0.5, max_delay_sec=64.0,
-                          position=lambda: position[0])
+    select = OnlineSelect(10, 30, 5, got.append, threshold=0.5, max_delay_sec=64.0)
     lag = 62.0
     for i in range(len(conf)):
-        position[0] = windows.end_sec[i] + lag  # the stream has run on while scoring
+        at = windows.end_sec[i] + lag  # the stream has run on while scoring
+        select.on_tick(Tick(at))
         select.process(scored(conf[i:i + 1], i))
-        position[0] += 2.5
-        select.tick()
+        select.on_tick(Tick(at + 2.5))
     select.flush()
     decided = {d.window.index: d for d in got}
     # Each window must be decided 64 s after its end, 2 s after its score came: window 1 (0.6)
@@ -199,8 +262,7 @@ def test_watch_cli_follows_a_live_stream_until_ctrl_c(vod, server, tmp_path):
 
 def test_progress_line_shows_stream_time_lag_and_events():
     class Source:
-        live_edge_sec = 130.0
-        duration_sec = None
+        info = SourceInfo(live_edge_sec=130.0, duration_sec=None)
 
     select = OnlineSelect(10, 30, 5, lambda d: None, threshold=0.5)
     select.decisions.extend([object(), object()])

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from harness import run_operator
 from highlightsense.engine import grid
 from highlightsense.engine.chunks import FrameChunk
 from highlightsense.engine.ring import FrameRing
@@ -29,16 +30,8 @@ def seed_windows(spec, window_frames, stride_frames, target_frames):
     return out
 
 
-def stream_windows(spec, chunk_sizes, window_frames, stride_frames, pad_frames, batch_size):
-    op = Windows(window_frames, stride_frames, pad_frames, batch_size)
-    batches, pos, k = [], 0, 0
-    while pos < spec.shape[-1]:
-        n = chunk_sizes[k % len(chunk_sizes)]
-        batches += op.process(FrameChunk(spec[..., pos:pos + n], pos))
-        pos, k = pos + n, k + 1
-        # Bounded by the window and the largest chunk, never by the stream's length.
-        assert op.ring.capacity <= 2 * (window_frames + stride_frames + max(chunk_sizes))
-    batches += op.flush()
+def windows_of(batches, batch_size):
+    """The windows of a run's batches, in order: (index, start, end, frames, mask) each."""
     out = []
     for b in batches:
         assert len(b) <= batch_size
@@ -54,7 +47,14 @@ def test_stream_equals_seed_loop(total, chunks):
     spec = rng.normal(size=(2, 3, total)).astype(np.float32)
     wf, sf = grid.window_frames(30), grid.stride_frames(5)
     expected = seed_windows(spec, wf, sf, grid.PADDED_FRAMES)
-    got = stream_windows(spec, chunks, wf, sf, grid.PADDED_FRAMES, batch_size=4)
+    op = Windows(wf, sf, grid.PADDED_FRAMES, 4)
+
+    def bounded(op, chunk, out):
+        # Bounded by the window and the largest chunk, never by the stream's length.
+        assert op.ring.capacity <= 2 * (wf + sf + max(chunks))
+
+    got = windows_of(run_operator(op, spec, chunks, each=bounded, make_chunk=FrameChunk),
+                     batch_size=4)
     assert len(got) == len(expected) == grid.num_windows(total, wf, sf)
     for i, ((start, end, frames, mask), (idx, s, e, f, m)) in enumerate(zip(expected, got)):
         assert (idx, s, e) == (i, start, end)

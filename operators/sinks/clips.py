@@ -394,13 +394,20 @@ def _fraction(seconds: float) -> Fraction:
     return Fraction(seconds).limit_denominator(10**9)
 
 
+def clip_name(rank: int, of: int | None = None) -> str:
+    """The name (cut_clip adds the extension) of the clip of the rank-th of `of` highlights:
+    highlight_01, highlight_02, ..., as many digits as `of` needs, at least 2. Without `of` (a
+    live watch, which cannot know how many will come): 4 digits, highlight_0001."""
+    digits = 4 if of is None else max(2, len(str(of)))
+    return f"highlight_{rank:0{digits}d}"
+
+
 def cut_clips(source, clips_dir, windows, origin_sec: float = 0.0, exact: bool = False,
               stream_index: int | None = None) -> list[ClipResult]:
     """Cut each (start, end) window into clips_dir/highlight_01.*, highlight_02.*, ... in the
     order given. The source is opened once per clip: each cut seeks anyway, and closing between
     clips keeps no decoder state from one to the next."""
     clips_dir = Path(clips_dir)
-    width = max(2, len(str(len(windows))))
-    return [cut_clip(source, clips_dir / f"highlight_{i:0{width}d}", start, end,
+    return [cut_clip(source, clips_dir / clip_name(i, len(windows)), start, end,
                      origin_sec=origin_sec, exact=exact, stream_index=stream_index)
             for i, (start, end) in enumerate(windows, 1)]

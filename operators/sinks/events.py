@@ -20,9 +20,82 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Optional, TextIO
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Optional, TextIO, Union
+
+from highlightsense.engine.timecode import hms
 
 log = logging.getLogger("highlightsense")
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class HighlightEvent:
+    """A highlight as written: the fields in the order of the line, seconds rounded to ms."""
+
+    id: int
+    start_sec: float
+    end_sec: float
+    start_ts: str
+    end_ts: str
+    peak_sec: float
+    confidence: float
+    threshold: float
+    forced: bool
+    decided_at_sec: float
+    delay_sec: float
+    latency_sec: Optional[float]
+    emitted_at: str
+    source: str
+
+    type = "highlight"  # not a field: the first key of the line
+
+    @classmethod
+    def of(cls, decision, id: int, latency_sec: Optional[float], source: str) -> "HighlightEvent":
+        """The event of an online_select.Decision, emitted now; latency_sec: wall seconds since
+        the window's last audio arrived (None when no longer known)."""
+        w = decision.window
+        return cls(id=id, start_sec=round(w.start_sec, 3), end_sec=round(w.end_sec, 3),
+                   start_ts=hms(w.start_sec), end_ts=hms(w.end_sec),
+                   peak_sec=round(w.peak_sec, 3), confidence=w.confidence,
+                   threshold=decision.threshold, forced=decision.forced,
+                   decided_at_sec=round(decision.decided_at_sec, 3),
+                   delay_sec=round(decision.delay_sec, 3),
+                   latency_sec=round(latency_sec, 3) if latency_sec is not None else None,
+                   emitted_at=_iso_now(), source=source)
+
+    def to_json(self) -> dict:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class ClipEvent:
+    """A highlight's clip, once written (id: the highlight's)."""
+
+    id: int
+    path: str
+    start_sec: float
+    end_sec: float
+    mode: str
+    note: str
+
+    type = "clip"
+
+    @classmethod
+    def of(cls, id: int, clip) -> "ClipEvent":
+        """The event of a clips.ClipResult."""
+        return cls(id=id, path=str(clip.path), start_sec=round(clip.start_sec, 3),
+                   end_sec=round(clip.end_sec, 3), mode=clip.mode, note=clip.note)
+
+    def to_json(self) -> dict:
+        return {"type": self.type, **asdict(self)}
+
+
+Event = Union[HighlightEvent, ClipEvent]
 
 
 class EventSink:
@@ -44,8 +117,8 @@ class EventSink:
             self._poster = threading.Thread(target=self._post_all, daemon=True, name="hs-webhook")
             self._poster.start()
 
-    def emit(self, event: dict) -> None:
-        line = json.dumps(event, separators=(", ", ": "))
+    def emit(self, event: Event) -> None:
+        line = json.dumps(event.to_json(), separators=(", ", ": "))
         with self._lock:
             self._out.write(line + "\n")
             self._out.flush()

@@ -15,27 +15,28 @@ start, or exact re-encoding).
 """
 import io
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import av
 
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.operators.sinks.clips import ClipResult, cut_clip
+from highlightsense.operators.sinks.clips import ClipResult, clip_name, cut_clip
 from highlightsense.operators.sources.fetch import Download, FetchPolicy, HttpFile, fetch_bytes
-from highlightsense.operators.sources.hls import (HlsReader, Segment, TimelineEntry,
-                                                  load_media_playlist, stream_to_container)
+from highlightsense.operators.sources.hls_playlist import Segment, load_media_playlist
+from highlightsense.operators.sources.hls_reader import HlsReader
+from highlightsense.operators.sources.hls_source import TimelineEntry, stream_to_container
 
 log = logging.getLogger("highlightsense")
 
 
 def clip_stems(clips_dir, count: int) -> List[Path]:
     """clips_dir/highlight_01, _02, ... as cut_clips names them."""
-    width = max(2, len(str(count)))
-    return [Path(clips_dir) / f"highlight_{i:0{width}d}" for i in range(1, count + 1)]
+    return [Path(clips_dir) / clip_name(i, count) for i in range(1, count + 1)]
 
 
 def cut_from_segments(data: Sequence[bytes], stem: Path, start_sec: float, end_sec: float,
@@ -204,3 +205,45 @@ class SegmentBuffer:
                     return seg.discontinuity > discontinuity  # past that run: it is complete
                 return start + seg.duration >= t
         return False
+
+
+class LiveClips:
+    """`watch`'s clips: one for each highlight as it is decided, cut from a SegmentBuffer in a
+    thread of its own, in order, into clips_dir/highlight_0001.* (the highlight's id).
+    on_clip(id, ClipResult) is called (from that thread) for each clip written; a highlight the
+    buffer cannot give a clip for is a warning. `info` is the analysed source's SourceInfo: its
+    timeline maps stream time to the video's timestamps. start(), then add() per highlight, then
+    stop(), which waits for the clips still to cut and closes the buffer."""
+
+    def __init__(self, buffer: SegmentBuffer, clips_dir, info, on_clip: Callable,
+                 exact: bool = False):
+        self.buffer, self.clips_dir, self.info = buffer, Path(clips_dir), info
+        self.on_clip, self.exact = on_clip, exact
+        self._jobs: "queue.Queue" = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hs-clips")
+
+    def start(self) -> "LiveClips":
+        self._thread.start()
+        return self
+
+    def add(self, highlight_id: int, start_sec: float, end_sec: float) -> None:
+        self._jobs.put((highlight_id, start_sec, end_sec))
+
+    def stop(self, wait_sec: float = 120.0) -> None:
+        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(wait_sec)
+        self.buffer.close()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            highlight_id, start_sec, end_sec = job
+            try:
+                entry = stream_to_container(self.info.timeline, start_sec)
+                result = self.buffer.cut(self.clips_dir / clip_name(highlight_id), start_sec,
+                                         end_sec, entry, exact=self.exact)
+            except HighlightSenseError as e:
+                log.warning("no clip for highlight %d: %s", highlight_id, e)
+                continue
+            if result is not None:
+                self.on_clip(highlight_id, result)

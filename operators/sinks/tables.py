@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from highlightsense.engine.files import write_text
+from highlightsense.engine.timecode import hms as to_timestamp  # the seed's HH:MM:SS
 from highlightsense.operators.select import Selection, WindowScore
 
 SCORES_CSV = "raw_window_scores.csv"
@@ -21,11 +22,6 @@ SUMMARY_JSON = "highlights.json"
 SCORE_COLUMNS = ["window_index", "start_sec", "end_sec", "confidence", "peak_sec"]
 CLIP_COLUMNS = ["rank", "start_sec", "end_sec", "start_ts", "end_ts", "duration_sec",
                 "confidence", "clip_path", "peak_sec", "clip_start_sec", "clip_end_sec", "cut"]
-
-
-def to_timestamp(sec: float) -> str:
-    """HH:MM:SS, truncated, as the seed prints it."""
-    return f"{int(sec // 3600):02d}:{int((sec % 3600) // 60):02d}:{int(sec % 60):02d}"
 
 
 def _csv_text(columns: Sequence[str], rows) -> str:

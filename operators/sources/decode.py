@@ -26,14 +26,10 @@ import numpy as np
 from highlightsense.engine.chunks import AudioChunk
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.grid import AUDIO_RATE
-from highlightsense.engine.operator import Source
+from highlightsense.engine.operator import Source, SourceInfo
+from highlightsense.engine.timecode import hms
 
 log = logging.getLogger("highlightsense")
-
-
-def hms(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def is_cover_art(stream) -> bool:
@@ -145,14 +141,12 @@ class AudioDecoder(Source):
                  start_sample: int = 0, sync_points=None):
         self.path = str(path)
         self.chunk_samples = max(1, round(chunk_sec * AUDIO_RATE))
-        self.origin_sec: float | None = None
-        self.gaps_filled_sec = 0.0
-        self.corrupt_packets = 0
+        # Its sync points: (frame pts, input samples its resampler had taken before it, stream
+        # sample the resampler began at), one about every SYNC_EVERY_SEC: where restarts begin.
+        self.info = SourceInfo(path=self.path, start_sample=start_sample,
+                               sync_points=[tuple(p) for p in sync_points or ()])
         self.start_sample = start_sample
         self.decoded_from = 0  # the stream sample decoding really began at (restarts begin early)
-        # (frame pts, input samples its resampler had taken before it, stream sample the
-        # resampler began at), one about every SYNC_EVERY_SEC: where restarts can begin.
-        self.sync_points = [tuple(p) for p in sync_points or ()]
         self._taken = 0  # input samples the current resampler has taken
         self._resampler_out = 0  # stream sample the current resampler began at
         self._next_sync = 0  # input samples (of this resampler) at which to note the next one
@@ -171,9 +165,9 @@ class AudioDecoder(Source):
             if self._first is None:
                 raise HighlightSenseError(f"{self.path} contains no audio samples")
             t = _seconds(self._first.pts, self._first.time_base or self.stream.time_base)
-            self.origin_sec = t if t is not None else _seconds(self.stream.start_time,
+            self.info.origin_sec = t if t is not None else _seconds(self.stream.start_time,
                                                                self.stream.time_base) or 0.0
-            self.duration_sec = self._duration()
+            self.info.duration_sec = self._duration()
         except BaseException:
             self.close()
             raise
@@ -181,10 +175,10 @@ class AudioDecoder(Source):
 
     def _describe_input(self):
         cc = self.stream.codec_context
-        self.codec_name = cc.name
+        self.info.codec = cc.name
         self.input_rate = cc.sample_rate
         self.input_channels = cc.channels
-        self.has_video = any(not is_cover_art(v) for v in self.container.streams.video)
+        self.info.has_video = any(not is_cover_art(v) for v in self.container.streams.video)
         self.audio_streams = [
             {"index": i, "stream": a.index, "codec": cc and cc.name,
              "rate": cc and cc.sample_rate, "channels": cc and cc.channels,
@@ -198,7 +192,7 @@ class AudioDecoder(Source):
         c = self.container
         if c.duration:
             end = (c.start_time or 0) / av.time_base + c.duration / av.time_base
-            return max(0.0, end - self.origin_sec)
+            return max(0.0, end - self.info.origin_sec)
         return _seconds(self.stream.duration, self.stream.time_base)
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -207,7 +201,7 @@ class AudioDecoder(Source):
         t = _seconds(packet.pts, packet.time_base)
         if t is None:
             return self._out / AUDIO_RATE
-        return t - (self.origin_sec or 0.0)
+        return t - (self.info.origin_sec or 0.0)
 
     def _decoded_frames(self):
         """Decoded frames of the stream. A packet FFmpeg cannot decode is skipped and counted; a
@@ -242,7 +236,7 @@ class AudioDecoder(Source):
                 try:
                     frames = packet.decode()
                 except av.FFmpegError:
-                    self.corrupt_packets += 1
+                    self.info.corrupt_packets += 1
                     if not bad:
                         bad_at = self._stream_time(packet)
                     bad += 1
@@ -296,7 +290,7 @@ class AudioDecoder(Source):
                     # Flush so the silence lands after every sample before the hole.
                     yield from self._take(self._resample(resampler, None))
                     resampler = None
-                    silence = max(0, round((t - self.origin_sec) * AUDIO_RATE) - self._out)
+                    silence = max(0, round((t - self.info.origin_sec) * AUDIO_RATE) - self._out)
                     self._report(silence)
                     yield from self._silence(silence)
             if self._incident:
@@ -313,9 +307,9 @@ class AudioDecoder(Source):
             except av.FFmpegError:
                 # A frame FFmpeg cannot convert (a damaged header can claim 45 channels): skip it
                 # as a corrupt packet; the silence filled in for it keeps the times true.
-                self.corrupt_packets += 1
+                self.info.corrupt_packets += 1
                 count, at = self._incident or (
-                    0, self._out / AUDIO_RATE if t is None else t - self.origin_sec)
+                    0, self._out / AUDIO_RATE if t is None else t - self.info.origin_sec)
                 self._incident = (count + 1, at)
                 resampler = None
                 frame = next(frames, None)
@@ -342,7 +336,7 @@ class AudioDecoder(Source):
     def _restart(self):
         """Set up decoding so that the output from start_sample on is exactly an uninterrupted
         decode's. Returns (frame, frames, resampler, expected) for _chunks."""
-        usable = [p for p in self.sync_points
+        usable = [p for p in self.info.sync_points
                   if p[2] + p[1] * AUDIO_RATE // self.input_rate
                   <= self.start_sample - RESAMPLER_SETTLE]
         for pts, taken, began in reversed(usable[-3:]):  # a few tries, latest first
@@ -366,7 +360,7 @@ class AudioDecoder(Source):
         step = rate // math.gcd(rate, AUDIO_RATE)  # input samples per whole number of outputs
         time_base = self.stream.time_base
         seek_sec = float(pts * time_base) - SEEK_BACK_SEC
-        if seek_sec <= self.origin_sec:
+        if seek_sec <= self.info.origin_sec:
             return None  # no room for the codec to settle: decode from the start
         with self._lock:
             self.container.seek(int(seek_sec * av.time_base), backward=True)
@@ -417,12 +411,12 @@ class AudioDecoder(Source):
     def _note_sync(self, frame) -> None:
         if self._taken < self._next_sync or frame.pts is None:
             return
-        if not self.sync_points or frame.pts > self.sync_points[-1][0]:
-            self.sync_points.append((frame.pts, self._taken, self._resampler_out))
+        if not self.info.sync_points or frame.pts > self.info.sync_points[-1][0]:
+            self.info.sync_points.append((frame.pts, self._taken, self._resampler_out))
         self._next_sync = self._taken + round(SYNC_EVERY_SEC * frame.sample_rate)
 
     def _silence(self, n):
-        self.gaps_filled_sec += n / AUDIO_RATE
+        self.info.gaps_filled_sec += n / AUDIO_RATE
         while n > 0:  # in pieces, so a long hole does not allocate its whole length
             piece = min(n, self.chunk_samples)
             yield from self._take([np.zeros((2, piece), dtype=np.float32)])

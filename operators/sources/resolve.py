@@ -6,7 +6,7 @@ video: yt-dlp's "best" (the seed's `yt-dlp -g -f best`). Direct media URLs and .
 through yt-dlp's generic extractor. yt-dlp's HTTP headers for the format travel with our requests.
 
 open_audio() makes the Source for a URL: HLS is decoded segment by segment as it arrives
-(operators.sources.hls); a plain media file is read over HTTP with range requests
+(operators.sources.hls_source); a plain media file is read over HTTP with range requests
 (operators.sources.fetch) and decoded as it streams. Nothing is downloaded to disk first.
 """
 import logging
@@ -117,7 +117,7 @@ def open_audio(url: str, stream_index: Optional[int] = None, chunk_sec: float = 
     """The Source for a URL: AudioChunks decoded as the stream arrives. The Resolution is kept
     as `.resolution` (clips need its video stream)."""
     from highlightsense.operators.sources.decode import AudioDecoder
-    from highlightsense.operators.sources.hls import HlsAudioSource
+    from highlightsense.operators.sources.hls_source import HlsAudioSource
 
     resolution = resolution or resolve(url)
     audio = resolution.audio
@@ -126,7 +126,7 @@ def open_audio(url: str, stream_index: Optional[int] = None, chunk_sec: float = 
     if audio.protocol == "hls":
         source = HlsAudioSource(audio.url, stream_index, chunk_sec, parallel,
                                 audio.policy(policy), start, poll_sec)
-        source.has_video = resolution.video is not None  # in another rendition
+        source.info.has_video = resolution.video is not None  # in another rendition
     else:
         source = AudioDecoder(HttpFile(audio.url, audio.policy(policy)), stream_index, chunk_sec)
     source.resolution = resolution

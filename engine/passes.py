@@ -1,0 +1,83 @@
+"""One pass of `detect` over a source: the scorer, the source (a file or a URL), and the
+pipeline from the source through the scorer's feature stages, the windows and the scorer to the
+collected scores."""
+import logging
+from typing import Optional
+
+from highlightsense.engine import grid
+from highlightsense.engine.config import Config
+from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.observer import RunObserver
+from highlightsense.engine.operator import Scorer, Source
+from highlightsense.engine.pipeline import Pipeline, run_async
+from highlightsense.engine.progress import clock
+from highlightsense.operators.score import Score
+from highlightsense.operators.select import CollectScores
+from highlightsense.operators.sources.wrappers import Limited
+from highlightsense.operators.windows import Windows
+
+log = logging.getLogger("highlightsense")
+
+
+def build_scorer(cfg: Config) -> Scorer:
+    """The CRNN from the checkpoint `cfg.model`, or without one the loudness heuristic."""
+    if cfg.model is None:
+        from highlightsense.model.loudness import LoudnessScorer
+
+        log.info("no --model given: scoring with the weights-free loudness heuristic")
+        return LoudnessScorer(window_sec=cfg.window_sec)
+    from highlightsense.model.checkpoint import load_model
+    from highlightsense.model.crnn_scorer import CrnnScorer
+    from highlightsense.model.separator import pick_device
+
+    device = pick_device(cfg.device)
+    return CrnnScorer(load_model(cfg.model, device), device, cfg.batch_size)
+
+
+def open_source(input_path: str, cfg: Config, start_sample: int = 0,
+                sync_points=None) -> Source:
+    """The decoder for a media file, or for a URL (resolved with yt-dlp, decoded as it arrives,
+    nothing downloaded first). A file can be opened at a later sample (a resumed run)."""
+    from highlightsense.operators.sources.decode import AudioDecoder
+    from highlightsense.operators.sources.resolve import is_url, open_audio
+
+    if is_url(input_path):
+        source = open_audio(input_path, cfg.audio_stream, cfg.chunk_sec,
+                            parallel=cfg.hls_fragments)
+    else:
+        source = AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec,
+                              start_sample=start_sample, sync_points=sync_points)
+    duration = source.info.duration_sec
+    if cfg.max_duration_sec is not None:
+        if duration is not None and duration > cfg.max_duration_sec:
+            source.close()
+            raise HighlightSenseError(
+                f"{input_path} is {clock(duration)} long, over --max-duration "
+                f"{clock(cfg.max_duration_sec)}; raise the limit or cut the input")
+        source = Limited(source, cfg.max_duration_sec)
+    return source
+
+
+def run_pipeline(source: Source, stages: list, scorer: Scorer, cfg: Config, hooks=(),
+                 first_window: int = 0, collect: Optional[CollectScores] = None,
+                 observer: Optional[RunObserver] = None):
+    """Runs one pass to its end: (every window's score in order, the pipeline's metrics).
+    `collect` holds what a resumed pass keeps and is read while it runs; `hooks` are called
+    with the metrics as it runs (progress, the progress record), and so is the observer."""
+    collect = collect or CollectScores()
+    hooks = [h for h in hooks if h]
+    if observer is not None:
+        collect.on_batch = observer.scored
+        hooks.append(observer.progress)
+
+    def on_progress(metrics):
+        for hook in hooks:
+            hook(metrics)
+
+    windows = Windows.for_scorer(cfg, scorer, first_window)
+    pipeline = Pipeline(source, [*stages, windows, Score(scorer), collect],
+                        queue_size=cfg.queue_size, on_progress=on_progress if hooks else None)
+    start_sec = source.info.start_sample / grid.AUDIO_RATE
+    pipeline.metrics.start_sec = pipeline.metrics.position_sec = start_sec
+    metrics = run_async(pipeline.run())
+    return collect.windows, metrics
