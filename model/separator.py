@@ -302,12 +302,17 @@ def _from_torch_hub(url: str, local_only: bool) -> nn.Module:
     """As demucs.repo.RemoteRepo: torch hub's cache (downloaded there unless local_only, its
     hash checked), but unpickled with the allowlist."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if local_only and not cached.exists():
-        raise FileNotFoundError(f"{cached} is not cached")
+    if not cached.exists():
+        if local_only:
+            raise FileNotFoundError(f"{cached} is not cached")
+        # torch.hub.load_state_dict_from_url would also print a "Downloading" line of its own
+        # (to stderr in torch 2.5, to stdout in 2.13): its download alone shows only the bar.
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        named = torch.hub.HASH_REGEX.search(cached.name)
+        torch.hub.download_url_to_file(url, str(cached), named.group(1) if named else None)
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
-            package = torch.hub.load_state_dict_from_url(
-                url, map_location="cpu", check_hash=True, weights_only=True)
+            package = torch.load(cached, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             raise _refused(cached, _unsafe_globals(cached, e) or ["a global"]) from None
     return _build(package, cached)

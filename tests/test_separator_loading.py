@@ -4,6 +4,7 @@ offline error, and the device choice."""
 import json
 import os
 import socket
+from pathlib import Path
 from fractions import Fraction
 
 import pytest
@@ -226,3 +227,23 @@ def test_device_choice():
         with pytest.raises(HighlightSenseError, match="--half"):
             check_half(torch.device("cpu"), True)
     check_half(torch.device("cpu"), False)
+
+
+def test_a_model_in_torch_hubs_cache_loads_without_the_network(empty_caches, no_network,
+                                                               monkeypatch, capfd):
+    """demucs's legacy repo: a signature already in torch hub's checkpoints folder (where an
+    earlier download put it) is read from there, with the allowlist, and nothing is printed."""
+    from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    url = _parse_remote_files(REMOTE_ROOT / "files.txt")["955717e8"]  # htdemucs's one model
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    assert str(checkpoints).startswith(str(empty_caches.parent))  # the test's own TORCH_HOME
+    checkpoints.mkdir(parents=True)
+    model = tiny()
+    write_th(model, checkpoints / Path(url).name)
+    capfd.readouterr()
+    bag = load_separator("htdemucs")
+    assert isinstance(bag, BagOfModels) and same_weights(model, bag.models[0])
+    assert capfd.readouterr() == ("", "")
