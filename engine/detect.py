@@ -22,7 +22,8 @@ from highlightsense.engine.passes import build_scorer, open_source, run_pipeline
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.progress import Progress
 from highlightsense.engine.resume import Checkpoints, ProgressRecord, fingerprint
-from highlightsense.engine.second_pass import HeldLevels, batch_start, exact_from, rescore
+from highlightsense.engine.second_pass import (HeldLevels, batch_start, exact_from, rescore,
+                                               windows_to_redo)
 from highlightsense.engine.selection import finish
 from highlightsense.operators.select import CollectScores, Selection, WindowScore
 from highlightsense.operators.sinks import tables
@@ -129,15 +130,14 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
             record.info["timeline"] = [vars(e) for e in info.timeline]
         if scorer.whole_stream_reference:
             features = stages[-1].state()
-            record.stages[stages[-1].name] = features
             record.reference_db = features["reference_db"]
             record.exact_from = exact_from(features)
         record.save()
     windows = record.windows
     if record.phase == 2:
         if scorer.whole_stream_reference and cfg.exact_reference:
-            observer.second_pass(record.exact_from, sum(
-                1 for w in windows if w.index * cfg.stride_frames < record.exact_from))
+            observer.second_pass(record.exact_from,
+                                 len(windows_to_redo(cfg, windows, record.exact_from)))
             windows = rescore(input_path, cfg, scorer, record, show_progress, held, observer)
             observer.second_pass_done()
         record.windows, record.rescored, record.phase = windows, [], 3

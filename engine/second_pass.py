@@ -41,12 +41,11 @@ class HeldLevels:
         """As many frames as `megabytes` of float32 levels hold (64 MB: 40 minutes)."""
         return cls(stems, mels, megabytes * 2 ** 20 // (stems * mels * 4))
 
-    def add(self, level: np.ndarray, first: int, frames: int) -> None:
+    def add(self, level: Optional[np.ndarray], first: int, frames: int) -> None:
         """`frames` frames from `first` on, following on from those offered before; `level`
-        (stems, mels, n) holds the first n of them, what the caller keeps (those past the
-        capacity need not be computed on the host)."""
+        (stems, mels, n) holds the first n of them, as many as fit (None: none fit)."""
         self.offered = first + frames
-        if first >= self.capacity or level.shape[-1] == 0:
+        if level is None or first >= self.capacity or level.shape[-1] == 0:
             return
         if not self.frames:
             self.frames = range(first, first)

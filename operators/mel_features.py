@@ -259,8 +259,8 @@ class MelFeatures(RestartableStage):
         level = self.log_mel.frames(frames)
         self.frames_emitted = first + len(frames)
         if self.hold is not None:  # it keeps what fits, and counts the rest
-            self.hold.add(level[..., :max(0, self.hold.capacity - first)].cpu().numpy(), first,
-                          frames=len(frames))
+            keep = max(0, self.hold.capacity - first)  # past it, no copy to the host
+            self.hold.add(level[..., :keep].cpu().numpy() if keep else None, first, len(frames))
         db, ref = to_db(level, self._ref)
         rose = torch.diff(ref, dim=1, prepend=self._ref[:, None]) > 0
         for stem, j in rose.nonzero().tolist():
