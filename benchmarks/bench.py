@@ -1,7 +1,8 @@
-"""`highlightsense bench`: what the engine costs, stage by stage, and against the seed's way.
+"""`highlightsense bench`: what the engine costs, stage by stage, and against the seed's way (the
+original notebook's; user-facing text says "notebook").
 
     highlightsense bench [--input FILE | --minutes 10] [model choices] [--stage NAME] [--json]
-    highlightsense bench --compare-seed [--minutes 10] [--rss-minutes 10 60]
+    highlightsense bench --compare-notebook [--minutes 10] [--rss-minutes 10 60]
     python -m highlightsense.benchmarks.bench ...        (the same, without the CLI)
 
 Input: a media file (`--input`), or a synthetic game-stream VOD of `--minutes` (benchmarks.synth)
@@ -47,14 +48,14 @@ memory (its RSS counts in the peak), then replayed as fast as the stage takes it
 busy seconds and x realtime are its own, with no neighbour competing for the CPU. Keep the input
 short for the late stages (a minute of separated stems is 42 MB, a window batch 26 MB).
 
-`--compare-seed` runs, on the same input and the same model files, the engine and then the
+`--compare-notebook` runs, on the same input and the same model files, the engine and then the
 seed's way (benchmarks.seed_way: 60 s WAV chunks and a `python -m demucs` process per chunk,
 librosa features over the whole separated files, one window at a time, percentile and NMS), and
 prints the ratios (end-to-end wall, peak RSS, bytes written, time to the first scored window),
 how far their scores agree, and whether the targets of issue 7 are met. Without model choices
 it takes `--random-model full --random-separator full`. `--rss-minutes 10 60` runs the engine
 on generated inputs of those lengths with a small Demucs (`--rss-separator`) and prints the
-peak RSS ratio; it can be combined with `--compare-seed` or run alone.
+peak RSS ratio; it can be combined with `--compare-notebook` or run alone.
 """
 import argparse
 import asyncio
@@ -64,6 +65,7 @@ import math
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from collections import deque
 from pathlib import Path
@@ -80,59 +82,106 @@ ZERO_INTERMEDIATES_BOUND = 1 << 20  # bytes: incidental writes only (10 s of aud
 
 # ---- flags ------------------------------------------------------------------------------------
 
+# The formats benchmarks.media writes a generated VOD in (others fail inside the encoder).
+AUDIO_CONTAINERS = ("m4a", "wav", "flac", "mp3")
+VIDEO_CONTAINERS = ("mp4", "mkv", "mov", "ts")  # with a small video stream
+CONTAINERS = AUDIO_CONTAINERS + VIDEO_CONTAINERS
+
+DESCRIPTION = (
+    "Measure what the engine costs. bench runs the real `detect` (no clips) in a fresh process "
+    "on a generated game-stream VOD (or on --input) and prints, per stage, its chunks, busy "
+    "seconds, share of the wall, x realtime and queue depths; then the end-to-end wall and x "
+    "realtime, the time to the first scored window, the models' own compute against the wall, "
+    "the peak RSS, the device and the bytes written beyond the outputs. --stage measures one "
+    "stage alone; --compare-notebook also does the whole job the original notebook's way (60 s "
+    "WAV chunks, a demucs process per chunk, one window at a time) on the same input and model "
+    "files and prints the ratios; --rss-minutes compares the peak RSS on inputs of several "
+    "lengths. Models with random weights (--random-model, --random-separator) measure compute "
+    "cost, not quality.")
+
+EXAMPLES = """examples:
+  highlightsense bench --minutes 10 --random-model full --random-separator full
+  highlightsense bench --input VOD.mp4 --model best_model.pt --stage separate --json
+  highlightsense bench --compare-notebook --minutes 10
+  highlightsense bench --rss-minutes 10 60"""
+
+
 def add_flags(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("input")
-    src.add_argument("--input", metavar="FILE", help="media file to run on (default: generated)")
-    src.add_argument("--minutes", type=float, default=10.0,
-                     help="length of the generated input (default %(default)g)")
-    src.add_argument("--input-seed", type=int, default=0, help="generated input's seed")
-    src.add_argument("--container", default="m4a", help="generated input's container: m4a "
-                     "(audio only, default), or mp4/mkv (with a small video)")
-    m = p.add_argument_group("models (as detect)")
+    src.add_argument("--input", metavar="FILE",
+                     help="media file to measure on (default: a generated VOD)")
+    src.add_argument("--minutes", type=float, default=10.0, metavar="M",
+                     help="length of the generated VOD, in minutes (default %(default)g)")
+    src.add_argument("--input-seed", type=int, default=0, metavar="N",
+                     help="random seed of the generated VOD (default %(default)s)")
+    src.add_argument("--container", default="m4a", metavar="FORMAT",
+                     help=f"file format of the generated VOD: {', '.join(AUDIO_CONTAINERS)} "
+                          f"(audio only; default m4a) or {', '.join(VIDEO_CONTAINERS)} (with a "
+                          "small video)")
+    m = p.add_argument_group("models (as detect takes them; default: the loudness scorer)")
     which = m.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="PATH", help="CRNN checkpoint")
     which.add_argument("--random-model", nargs="?", const="full", choices=support.CRNN_SIZES,
-                       help="CRNN with random weights: full (the seed's size, default) or small")
+                       metavar="SIZE", help="a CRNN with random weights: full (the notebook's "
+                                            "size; what a bare --random-model takes) or small")
     sep = m.add_mutually_exclusive_group()
     sep.add_argument("--separator", metavar="NAME_OR_PATH",
                      help="demucs model (name, .th, .safetensors or repo folder; with a CRNN)")
     sep.add_argument("--random-separator", nargs="?", const="full",
-                     choices=support.SEPARATOR_SIZES,
-                     help="HTDemucs with random weights: full (htdemucs's shape, default), "
-                          "small (7.8 s segments) or tiny (2 s segments)")
-    m.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+                     choices=support.SEPARATOR_SIZES, metavar="SIZE",
+                     help="an HTDemucs with random weights: full (htdemucs's shape; what a bare "
+                          "--random-separator takes), small (7.8 s segments) or tiny (2 s "
+                          "segments)")
+    m.add_argument("--device", default="auto", metavar="D",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     m.add_argument("--separator-batch", type=int, metavar="N", help="Demucs segments per call")
     m.add_argument("--batch-size", type=int, metavar="N", help="windows per scoring call")
     m.add_argument("--half", action="store_true", help="float16 separation (CUDA)")
     m.add_argument("--single-pass", action="store_true",
                    help="no second pass for the whole-VOD dB reference")
     m.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads in the jobs (and OMP/MKL in the seed's demucs processes)")
+                   help="torch threads in the jobs (and OMP/MKL threads in the demucs processes "
+                        "of the notebook's way)")
     run = p.add_argument_group("what to run")
-    run.add_argument("--stage", choices=STAGE_NAMES,
-                     help="one stage alone, fed its real upstream output from memory")
-    run.add_argument("--compare-seed", action="store_true",
-                     help="also run the seed's way on the same input and weights; print ratios")
-    run.add_argument("--seed-shifts", type=int, default=1, metavar="N",
-                     help="demucs --shifts for the seed's way (1, the CLI default the seed "
-                          "ran; 0 makes it deterministic)")
+    run.add_argument("--stage", choices=STAGE_NAMES, metavar="NAME",
+                     help="measure one stage alone, fed its real upstream output from memory: "
+                          f"{', '.join(STAGE_NAMES)}")
+    run.add_argument("--compare-notebook", dest="compare_seed", action="store_true",
+                     help="also do the whole job the original notebook's way on the same input "
+                          "and model files, and print the ratios")
+    run.add_argument("--notebook-shifts", dest="seed_shifts", type=int, default=1, metavar="N",
+                     help="demucs --shifts in the notebook's way (default 1, as the notebook "
+                          "ran demucs; 0 makes it deterministic)")
+    # The first spellings ("seed": the notebook this engine grew from), kept for scripts.
+    run.add_argument("--compare-seed", dest="compare_seed", action="store_true",
+                     default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    run.add_argument("--seed-shifts", dest="seed_shifts", type=int, default=argparse.SUPPRESS,
+                     help=argparse.SUPPRESS)
     run.add_argument("--rss-minutes", type=float, nargs="+", metavar="M",
-                     help="peak RSS of the engine on generated inputs of these lengths")
+                     help="peak RSS of the engine on generated VODs of these lengths (minutes)")
     run.add_argument("--rss-separator", default="small", choices=support.SEPARATOR_SIZES,
-                     help="random Demucs for --rss-minutes (default %(default)s)")
+                     metavar="SIZE", help="random Demucs for --rss-minutes: full, small or tiny "
+                                          "(default %(default)s)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object, no table")
     out.add_argument("--json-out", metavar="FILE", help="also write the JSON object here")
-    out.add_argument("--tmp", metavar="DIR", help="folder for generated inputs and models")
+    out.add_argument("--tmp", metavar="DIR",
+                     help="existing folder for the generated inputs, models and outputs (default: "
+                          "the system's temporary folder)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def _describe(p: argparse.ArgumentParser) -> None:
+    p.description = textwrap.fill(DESCRIPTION, 79)
+    p.epilog = EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # the examples' lines as they are
 
 
 def declare(p: argparse.ArgumentParser) -> None:
     """Fill the CLI's `bench` parser: its description and flags. engine/cli.py declares the
     command (and its one-line help) without importing this module, and calls this only when the
     command is bench, so that measurement code stays out of the other commands' runs."""
-    p.description = __doc__.split("\n\n")[0]
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    _describe(p)
     add_flags(p)
 
 
@@ -479,7 +528,7 @@ def _prepare_input(args, tmp: Path, minutes: Optional[float] = None) -> dict:
     _say(args, f"generating a {minutes:g}-minute synthetic VOD ({path.name})")
     began = time.perf_counter()
     support.generate_input(path, minutes, args.input_seed,
-                           video=path.suffix.lower() not in (".m4a", ".wav", ".flac", ".mp3"))
+                           video=path.suffix.lower().lstrip(".") in VIDEO_CONTAINERS)
     return {"path": str(path), "generated": True, "minutes": minutes,
             "bytes": path.stat().st_size, "generate_sec": time.perf_counter() - began}
 
@@ -532,10 +581,90 @@ def run_engine(args, input_info: dict, models: dict, tmp: Path, stage=None) -> d
     return result
 
 
+def _readable_file(flag: str, value: str) -> None:
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise HighlightSenseError(f"bench: {flag} {value} is a folder; give a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise HighlightSenseError(f"bench: cannot read {flag} {value}: {e.strerror}") from None
+
+
+def _writable_file(flag: str, value: str) -> None:
+    """Opened for appending (and removed again if it was not there): what writing it at the
+    end needs, found out before the measuring, not after."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise HighlightSenseError(f"bench: {flag} {value} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise HighlightSenseError(f"bench: cannot write {flag} {value}: {e.strerror}") from None
+    if not existed:
+        path.unlink()
+
+
+def check_args(args) -> None:
+    """Every flag the measuring needs, before any work: a mistake costs one line at once, not a
+    traceback after minutes of generating and measuring."""
+    def number(flag, value, least, integer=False):
+        if value is not None and not (math.isfinite(value) and value >= least and (
+                integer or value > 0)):
+            what = f"a whole number of at least {least}" if integer else "a positive number"
+            raise HighlightSenseError(f"bench: {flag} takes {what}, not {value:g}")
+
+    number("--minutes", args.minutes, 0)
+    for minutes in args.rss_minutes or ():
+        number("--rss-minutes", minutes, 0)
+    number("--input-seed", args.input_seed, 0, integer=True)
+    number("--notebook-shifts", args.seed_shifts, 0, integer=True)
+    for flag, value in (("--threads", args.threads), ("--separator-batch", args.separator_batch),
+                        ("--batch-size", args.batch_size)):
+        number(flag, value, 1, integer=True)
+    if args.container.lstrip(".").lower() not in CONTAINERS:
+        raise HighlightSenseError(f"bench: --container {args.container}: the generated VOD can "
+                                  f"be {', '.join(CONTAINERS)}")
+    if args.compare_seed and args.stage:
+        raise HighlightSenseError("bench: --compare-notebook runs whole jobs; drop --stage")
+    if args.input:
+        _readable_file("--input", args.input)
+    if args.model:
+        _readable_file("--model", args.model)
+    if args.separator:
+        separator = Path(args.separator).expanduser()
+        # as model.separator takes it: a path if it looks like one, else a demucs model name
+        if not separator.exists() and (separator.suffix in (".th", ".safetensors", ".yaml") or
+                                       args.separator.startswith((".", "/", "~"))):
+            raise HighlightSenseError(f"bench: no separator file or folder {args.separator}")
+    if args.tmp:
+        folder = Path(args.tmp).expanduser()
+        if not folder.is_dir():
+            raise HighlightSenseError(f"bench: --tmp {args.tmp}: " + (
+                "not a folder" if folder.exists() else "no such folder (make it first)"))
+    if args.json_out:
+        _writable_file("--json-out", args.json_out)
+    if args.device not in (None, "", "auto") or args.half:
+        from highlightsense.model.separator import check_half, pick_device
+
+        check_half(pick_device(args.device), args.half)
+
+
+def _work_folder(args) -> tempfile.TemporaryDirectory:
+    where = args.tmp or tempfile.gettempdir()
+    try:
+        return tempfile.TemporaryDirectory(prefix="hs-bench-", dir=where)
+    except OSError as e:
+        raise HighlightSenseError(f"bench: cannot make a work folder in {where}: "
+                                  f"{e.strerror}") from None
+
+
 def run(args) -> int:
     """`highlightsense bench`: see the module's docstring."""
-    if args.compare_seed and args.stage:
-        raise HighlightSenseError("bench: --compare-seed runs whole jobs; drop --stage")
+    check_args(args)
     if args.compare_seed and not (args.model or args.random_model):
         args.random_model = "full"
         if not (args.separator or args.random_separator):
@@ -545,32 +674,34 @@ def run(args) -> int:
     if (args.separator or args.random_separator) and not (args.model or args.random_model):
         raise HighlightSenseError("bench: a separator runs only with a CRNN: add --model PATH "
                                   "or --random-model")
-    if args.input and not Path(args.input).is_file():
-        raise HighlightSenseError(f"bench: no input file {args.input}")
     report = {}
-    with tempfile.TemporaryDirectory(prefix="hs-bench-", dir=args.tmp) as tmp:
-        tmp = Path(tmp)
-        only_rss = args.rss_minutes and not (args.compare_seed or args.stage or args.input)
-        if not only_rss:
-            input_info = _prepare_input(args, tmp)
-            models = _prepare_models(args, tmp)
-            _say(args, "running the engine")
-            report["engine"] = run_engine(args, input_info, models, tmp, args.stage)
-            if args.compare_seed:
-                from highlightsense.benchmarks.bench_compare import run_seed
+    try:
+        with _work_folder(args) as tmp:
+            tmp = Path(tmp)
+            only_rss = args.rss_minutes and not (args.compare_seed or args.stage or args.input)
+            if not only_rss:
+                input_info = _prepare_input(args, tmp)
+                models = _prepare_models(args, tmp)
+                _say(args, "running the engine")
+                report["engine"] = run_engine(args, input_info, models, tmp, args.stage)
+                if args.compare_seed:
+                    from highlightsense.benchmarks.bench_compare import run_seed
 
-                _say(args, "running the seed's way")
-                report["seed"] = run_seed(args, input_info, models, tmp)
-        if args.rss_minutes:
-            from highlightsense.benchmarks.bench_compare import rss_runs
+                    _say(args, "running the notebook's way")
+                    report["seed"] = run_seed(args, input_info, models, tmp)
+            if args.rss_minutes:
+                from highlightsense.benchmarks.bench_compare import rss_runs
 
-            report["rss"] = rss_runs(args, tmp)
-    if "seed" in report or "rss" in report:
-        from highlightsense.benchmarks.bench_compare import comparison
+                report["rss"] = rss_runs(args, tmp)
+        if "seed" in report or "rss" in report:
+            from highlightsense.benchmarks.bench_compare import comparison
 
-        report["comparison"] = comparison(report)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=1))
+            report["comparison"] = comparison(report)
+        if args.json_out:
+            Path(args.json_out).expanduser().write_text(json.dumps(report, indent=1))
+    except OSError as e:  # the disk filled or a folder went away while measuring
+        where = f": {e.filename}" if e.filename else ""
+        raise HighlightSenseError(f"bench: {e.strerror or e}{where}") from None
     if args.json:
         print(json.dumps(report))
     else:
@@ -672,7 +803,7 @@ def format_report(report: dict) -> str:
     if "seed" in report:
         from highlightsense.benchmarks.seed_way import format_seed
 
-        parts.append("== the seed's way ==\n" + format_seed(report["seed"]))
+        parts.append("== the notebook's way ==\n" + format_seed(report["seed"]))
     if "comparison" in report:
         from highlightsense.benchmarks.bench_compare import format_comparison
 
@@ -683,17 +814,15 @@ def format_report(report: dict) -> str:
 # ---- entry points -----------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m highlightsense.benchmarks.bench",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p)
+    p = argparse.ArgumentParser(prog="python -m highlightsense.benchmarks.bench")
+    declare(p)
     p.add_argument("--job", help=argparse.SUPPRESS)  # a measured job, in this fresh process
     args = p.parse_args(argv)
-    if args.job:
-        support.finish_job(engine_job(json.loads(args.job)))
     try:
+        if args.job:
+            support.finish_job(engine_job(json.loads(args.job)))
         return run(args)
-    except HighlightSenseError as e:
+    except HighlightSenseError as e:  # in a job too: run_job passes this line on, alone
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -1,7 +1,8 @@
-"""The engine against the seed's way, and the engine's memory over VOD length: the parts of
-`highlightsense bench --compare-seed` and `--rss-minutes` (benchmarks/bench.py runs them).
+"""The engine against the seed's way (the notebook's), and the engine's memory over VOD length:
+the parts of `highlightsense bench --compare-notebook` and `--rss-minutes` (benchmarks/bench.py
+runs them).
 
-    highlightsense bench --compare-seed --minutes 10 --random-model full --random-separator full
+    highlightsense bench --compare-notebook --minutes 10 --random-model full --random-separator full
     highlightsense bench --rss-minutes 10 60 [--rss-separator small]
 
 One run: the input and the model files are made once, then the engine's job and the seed's job
@@ -40,7 +41,7 @@ def run_seed(args, input_info: dict, models: dict, tmp: Path) -> dict:
             "separator": models["separator"], "device": args.device,
             "shifts": args.seed_shifts, "threads": args.threads, "quiet": args.quiet,
             "work_dir": str(tmp / "seed_checkpoints")}
-    result = support.run_job(_job_command("seed", spec), "seed", args.quiet, _job_env(args))
+    result = support.run_job(_job_command("seed", spec), "notebook", args.quiet, _job_env(args))
     result["input_info"] = input_info
     return result
 
@@ -124,13 +125,13 @@ def comparison(report: dict) -> dict:
         if engine.get("random", {}).get("separator") not in (None, "full"):
             conditions.append(f"{engine['random']['separator']} Demucs, not full-size")
         if seed.get("shifts", 1) != 1:
-            conditions.append(f"seed's demucs with shifts {seed['shifts']}")
+            conditions.append(f"the notebook's demucs with shifts {seed['shifts']}")
         out["conditions"] = conditions
         ratio = out["ratios"]["wall_seed_over_engine"]
-        targets.append(_target("end to end vs the seed's way", ratio, ">= 1.30x faster",
+        targets.append(_target("end to end vs the notebook's way", ratio, ">= 1.30x faster",
                                ratio >= 1.3))
         first = out["ratios"]["first_window_engine_over_seed"]
-        targets.append(_target("time to first scored window / seed's", first, "< 0.25",
+        targets.append(_target("time to first scored window / the notebook's", first, "< 0.25",
                                first is not None and first < 0.25))
     if engine and not engine.get("stage"):
         ratio = engine.get("wall_over_model")
@@ -159,8 +160,8 @@ def format_comparison(report: dict) -> str:
     lines = []
     if "ratios" in c:
         r = c["ratios"]
-        lines.append("== engine vs the seed's way (same input, same model files) ==")
-        lines.append(f"{'':<28} {'seed':>12} {'engine':>12} {'ratio':>16}")
+        lines.append("== engine vs the notebook's way (same input, same model files) ==")
+        lines.append(f"{'':<28} {'notebook':>12} {'engine':>12} {'ratio':>16}")
         lines.append(f"{'end-to-end wall':<28} {seed['wall_sec']:>10.1f} s "
                      f"{engine['wall_sec']:>10.1f} s {r['wall_seed_over_engine']:>11.2f}x faster")
         lines.append(f"{'peak RSS':<28} {seed['peak_rss_mb']:>9.0f} MB "
@@ -176,18 +177,19 @@ def format_comparison(report: dict) -> str:
         first = r["first_window_engine_over_seed"]
         lines.append(f"{'first scored window':<28} {seed['first_window_sec']:>10.1f} s "
                      f"{engine['first_window_sec']:>10.1f} s "
-                     f"{(f'{first:.3f} of the seed' if first else '-'):>16}")
+                     f"{(f'{first:.3f} of its time' if first else '-'):>16}")
         s = c["scores"]
         if "max_abs_prob_diff" in s:
             pearson = s["logit_pearson"]
             lines.append(f"scores: {s['windows_engine']} / {s['windows_seed']} windows; max |p "
-                         f"engine - p seed| {s['max_abs_prob_diff']:.2g} (mean "
+                         f"engine - p notebook| {s['max_abs_prob_diff']:.2g} (mean "
                          f"{s['mean_abs_prob_diff']:.2g}; std of p {s['prob_std_engine']:.2g}); "
                          f"logit correlation "
                          f"{'-' if pearson is None else format(pearson, '.4f')}; same top: "
                          f"{s['same_top']}" + (
-                             " (the seed's demucs shifts its input at random: --seed-shifts 0 "
-                             "for a like-for-like check)" if seed.get("shifts", 1) else ""))
+                             " (the notebook's demucs shifts its input at random: "
+                             "--notebook-shifts 0 for a like-for-like check)"
+                             if seed.get("shifts", 1) else ""))
         if c.get("conditions"):
             lines.append("conditions differ from the targets': " + "; ".join(c["conditions"]))
     rss = report.get("rss")
@@ -215,4 +217,4 @@ def format_comparison(report: dict) -> str:
 if __name__ == "__main__":
     from highlightsense.benchmarks.bench import main
 
-    raise SystemExit(main(["--compare-seed"] + __import__("sys").argv[1:]))
+    raise SystemExit(main(["--compare-notebook"] + __import__("sys").argv[1:]))

@@ -265,7 +265,7 @@ def run_job(command: List[str], label: str, quiet: bool = False,
             line = raw.decode(errors="replace").rstrip("\n")
             tail.append(line)
             del tail[:-40]
-            if not quiet:
+            if not quiet and not line.startswith("error: "):  # JobFailed says it, below
                 print(f"[{label}] {line}", file=sys.stderr, flush=True)
 
     reader = threading.Thread(target=relay, daemon=True)
@@ -274,6 +274,8 @@ def run_job(command: List[str], label: str, quiet: bool = False,
     proc.wait()
     reader.join()
     if proc.returncode != 0:
+        if tail and tail[-1].startswith("error: "):  # the job's own one-line error
+            raise JobFailed(f"bench: the {label} job stopped: {tail[-1][len('error: '):]}")
         raise JobFailed(f"{label} job failed (exit {proc.returncode}):\n" + "\n".join(tail[-25:]))
     lines = out.decode().strip().splitlines()
     if not lines:

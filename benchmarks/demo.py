@@ -21,6 +21,7 @@ def run_demo(out: str, minutes: float = 5.0, quiet: bool = False) -> int:
     cfg = load_config(str(PRESETS / "demo.yaml"))
     print(f"highlightsense detect {sample} --out {out / 'results'} --config demo")
     result = detect(str(sample), out / "results", cfg, show_progress=not quiet)
+    print("\n".join(result.summary))
     print_table(result.highlights)
     found = 0
     for start, end in vod.moments:

@@ -4,6 +4,7 @@
     with HlsServer() as server:
         urls = server.add_vod("vod", media)                 # master + audio-only + video playlists
         live = server.add_live("live", media, speed=10)     # a playlist that grows on a fast clock
+        server.add_live("tw", media, window=8, ads=(4, 5), elapsed_sec=7200.0)  # Twitch's tags
         server.faults["/vod/a/3.ts"] = ["drop", "404"]      # misbehaviour, one per request
         server.throttle_bps = 165 * 1024                    # per connection
 
@@ -87,28 +88,40 @@ def _segment(path, segment_sec, kinds, bounds):
     return segments, starts
 
 
+START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)  # of the first segment, by default
+
+
 def media_playlist(uris: List[str], durations: List[float], *, sequence: int = 0,
                    ended: bool = True, kind: Optional[str] = "VOD",
                    discontinuity_before=(), ads=(), ad_style: str = "daterange",
-                   start_date: Optional[datetime] = None, discontinuity_sequence: int = 0) -> str:
+                   start_date: Optional[datetime] = None, discontinuity_sequence: int = 0,
+                   elapsed_sec: Optional[float] = None, dates: Optional[bool] = None) -> str:
     """An HLS media playlist. Segment indexes in discontinuity_before get EXT-X-DISCONTINUITY;
     indexes in `ads` are marked as inserted ads: "daterange" (Twitch's stitched-ad DATERANGE over
-    program dates), "cue" (EXT-X-CUE-OUT / CUE-IN) or "title" (EXTINF title "Amazon")."""
+    program dates), "cue" (EXT-X-CUE-OUT / CUE-IN) or "title" (EXTINF title "Amazon").
+    EXT-X-PROGRAM-DATE-TIME, from start_date (for the first segment listed) on, is written when
+    `dates` (default: with the "daterange" style, which needs them); EXT-X-TWITCH-ELAPSED-SECS
+    when elapsed_sec is given (the broadcast time of the first segment listed)."""
     target = max(1, math.ceil(max(durations, default=1) - 1e-6))
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}",
              f"#EXT-X-MEDIA-SEQUENCE:{sequence}"]
+    if elapsed_sec is not None:
+        lines.append(f"#EXT-X-TWITCH-ELAPSED-SECS:{elapsed_sec:.3f}")
+    if dates is None:
+        dates = ad_style == "daterange"
     if discontinuity_sequence:
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
     if kind:
         lines.append(f"#EXT-X-PLAYLIST-TYPE:{kind}")
-    date = start_date or datetime(2026, 1, 1, tzinfo=timezone.utc)
+    date = start_date or START_DATE
     ads = set(ads)
     in_ad = False
     for i, (uri, dur) in enumerate(zip(uris, durations)):
         if i in discontinuity_before:
             lines.append("#EXT-X-DISCONTINUITY")
-        if ad_style == "daterange":
+        if dates:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_iso(date)}")
+        if ad_style == "daterange":
             if i in ads and (i - 1) not in ads:
                 run = 0.0
                 j = i
@@ -154,7 +167,9 @@ def master_playlist(audio_uri: str, video_uri: Optional[str], bandwidth: int = 2
 class LivePlaylist:
     """A live playlist on a clock `speed` times real time: `initial` segments are out at once,
     then each one appears when its duration has passed; ENDLIST once all are out. `window`: how
-    many of the newest segments the playlist lists (None: all, an EVENT playlist)."""
+    many of the newest segments the playlist lists (None: all, an EVENT playlist). The marks
+    go to media_playlist; start_date and elapsed_sec are segment 0's, and each reload gives its
+    first listed segment's, as a sliding window does."""
 
     def __init__(self, uris, durations, speed: float = 1.0, initial: int = 1,
                  window: Optional[int] = None, **marks):
@@ -185,6 +200,11 @@ class LivePlaylist:
         first = 0 if self.window is None else max(0, n - self.window)
         marks = {k: [i - first for i in v if first <= i] if k in ("ads", "discontinuity_before")
                  else v for k, v in self.marks.items()}
+        before = sum(self.durations[:first])  # the broadcast time of the first listed
+        marks["start_date"] = (self.marks.get("start_date") or START_DATE) + timedelta(
+            seconds=before)
+        if self.marks.get("elapsed_sec") is not None:
+            marks["elapsed_sec"] = self.marks["elapsed_sec"] + before
         return media_playlist(self.uris[first:n], self.durations[first:n], sequence=first,
                               ended=n == len(self.uris),
                               kind="EVENT" if self.window is None else None, **marks)

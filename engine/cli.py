@@ -4,12 +4,13 @@ detect INPUT --out DIR   find the highlights of a media file or URL and cut them
 select OUT_DIR           choose again from the saved scores (new threshold, top N, NMS window)
 watch URL                follow a live stream; emit each highlight as an event as it happens
 demo [--out DIR]         make a sample VOD with known moments and run detect on it
-bench                    measure the pipeline (per stage), or compare it with the seed's way
+bench                    measure the pipeline (per stage), or compare it with the notebook's way
 
 Errors a user can fix come out as one line on stderr and a non-zero exit status.
 """
 import argparse
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -23,6 +24,7 @@ from highlightsense.engine.timecode import hms
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141  # 128 + SIGPIPE, as a command killed by a closed pipe exits
 
 
 class _OneLine(logging.Formatter):
@@ -31,8 +33,10 @@ class _OneLine(logging.Formatter):
         return msg if record.levelno == logging.INFO else f"{record.levelname.lower()}: {msg}"
 
 
+log = logging.getLogger("highlightsense")
+
+
 def _setup_logging(quiet: bool) -> None:
-    log = logging.getLogger("highlightsense")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
     log.handlers[:] = [handler]
@@ -74,11 +78,22 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
     _shared(p, "--nms-window")
     p.add_argument("--top-n", type=int, metavar="N",
                    help=f"at most N clips (default {default_of('top_n')})")
-    p.add_argument("--no-clips", dest="clips", action="store_const", const=False,
-                   help="write the scores and the table, cut no clips")
-    p.add_argument("--exact-cuts", action="store_const", const=True,
-                   help="re-encode clips so they start exactly on the window "
-                        "(default: stream copy from the keyframe at or before it)")
+    p.add_argument("--order", choices=("rank", "time"),
+                   help="list the table by rank (best first) or by time "
+                        f"(default {default_of('order')})")
+    clips = p.add_mutually_exclusive_group()
+    clips.add_argument("--no-clips", dest="clips", action="store_const", const=False,
+                       help="write the scores and the table, cut no clips (and remove the "
+                            "clips an earlier selection cut)")
+    clips.add_argument("--clips", dest="clips", action="store_const", const=True,
+                       help="cut clips (the default; undoes a folder's last --no-clips)")
+    cuts = p.add_mutually_exclusive_group()
+    cuts.add_argument("--exact-cuts", dest="exact_cuts", action="store_const", const=True,
+                      help="re-encode clips so they start exactly on the window "
+                           "(default: stream copy from the keyframe at or before it)")
+    cuts.add_argument("--copy-cuts", dest="exact_cuts", action="store_const", const=False,
+                      help="stream-copy clips (the default; undoes a folder's last "
+                           "--exact-cuts)")
     _shared(p, "-q", "--quiet")
 
 
@@ -124,7 +139,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Command)
 
-    d = sub.add_parser("detect", help="score a media file or URL and cut its highlights")
+    d = sub.add_parser("detect", help="score a media file or URL and cut its highlights",
+                       description=(
+        "Score every 30-second window of a media file or URL (every 5 s), choose the "
+        "highlights (the windows at or above the 99th percentile, near-duplicates removed, the "
+        "top 20) and cut each into a clip. Writes into --out: raw_window_scores.csv, "
+        "final_clips_metadata.csv, highlights.json, scores.png and clips/. Without --model the "
+        "weights-free loudness scorer runs; with a CRNN checkpoint (best_model.pt) Demucs "
+        "separates voice and game first. An interrupted run continues where it stopped when "
+        "the same command is run again."))
     d.add_argument("input", help="media file (mp4, mkv, ts, m4a, wav, flac, mp3, webm, ...) or "
                                  "URL (a VOD page yt-dlp knows, an .m3u8 playlist, a media URL)")
     d.add_argument("--fragments", dest="hls_fragments", type=int, metavar="N",
@@ -161,16 +184,25 @@ def parser() -> argparse.ArgumentParser:
                         "frame (faster; their dB reference is then lower than the seed's)")
     _selection_flags(d)
 
-    s = sub.add_parser("select", help="choose again from a finished run's saved scores")
+    s = sub.add_parser("select", help="choose again from a finished run's saved scores",
+                       description=(
+        "Choose the highlights again from the scores a finished detect saved in OUT_DIR "
+        "(another threshold, top N, NMS window or order), without touching the audio, and "
+        "rewrite its table, plot and clips. It starts from the settings the folder's last "
+        "selection used; the flags given change only what they name."))
     s.add_argument("out_dir", metavar="OUT_DIR", help="the --out folder of a detect run")
     _selection_flags(s)
 
     _watch_parser(sub)
     # Measurement code: benchmarks/bench.py declares its flags, imported only for `bench`.
     sub.add_parser("bench", declare=_declare_bench, help="measure the engine (per stage, end to "
-                                                         "end), or compare with the seed's way")
+                                                         "end), or compare with the notebook's way")
 
-    m = sub.add_parser("demo", help="make a sample VOD with known moments and run detect on it")
+    m = sub.add_parser("demo", help="make a sample VOD with known moments and run detect on it",
+                       description=(
+        "Make a synthetic game stream with planted highlight moments (a video with audio), "
+        "run detect on it with the loudness scorer and show what it found: a first run that "
+        "needs no model and no network."))
     m.add_argument("--out", default="highlightsense-demo", metavar="DIR",
                    help="folder for the sample and the results (default: %(default)s)")
     m.add_argument("--minutes", type=float, default=5.0, help="sample length (default %(default)g)")
@@ -190,7 +222,12 @@ def config_flags(p: Optional[argparse.ArgumentParser] = None) -> Dict[str, Dict[
 
 
 def _watch_parser(sub) -> None:
-    w = sub.add_parser("watch", help="follow a live stream and emit its highlights as they happen")
+    w = sub.add_parser("watch", help="follow a live stream and emit its highlights as they happen",
+                       description=(
+        "Follow a live HLS stream (a Twitch channel, an .m3u8 playlist) from its live edge "
+        "and emit each highlight as a JSON line the moment it is decided, with its stream "
+        "time and, where the playlist says, its time in the broadcast. Runs until the stream "
+        "ends or Ctrl-C. For a file or a finished VOD, use `highlightsense detect`."))
     w.add_argument("url", help="a live channel or stream URL (Twitch, an .m3u8 playlist, ...)")
     w.add_argument("--model", metavar="PATH",
                    help="CRNN checkpoint; without it the loudness scorer runs (its features look "
@@ -198,9 +235,9 @@ def _watch_parser(sub) -> None:
     w.add_argument("--separator", metavar="NAME_OR_PATH", help="demucs model (with --model)")
     _shared(w, "--device")
     how = w.add_mutually_exclusive_group()
-    how.add_argument("--threshold", type=float, metavar="P",
-                     help="a highlight is a window scoring at least P (0-1), as `detect "
-                          "--threshold`")
+    how.add_argument("--threshold", type=float, metavar="SCORE",
+                     help="a highlight is a window scoring at least SCORE, an absolute score "
+                          "(0-1), as `detect --threshold`")
     how.add_argument("--rolling-percentile", type=float, metavar="P",
                      help="... or at least the P-th percentile of the scores over the last "
                           "--horizon seconds (the default, with P from the config: "
@@ -276,34 +313,44 @@ def _detect(args) -> int:
                   f"continue where it stopped", file=sys.stderr)
             return EXIT_INTERRUPTED
         raise
-    sel = result.selection
-    print(f"{len(result.windows)} windows, {len(sel.above)} at or above "
-          f"{_threshold_words(cfg, sel)}, {len(sel.kept)} after NMS, "
-          f"top {len(result.highlights)}:")
+    print("\n".join(result.summary))
     print_table(result.highlights)
     print(f"outputs in {result.out_dir}")
     return 0
 
 
 def _select(args) -> int:
-    from highlightsense.engine.selection import reselect
+    from highlightsense.engine.config import given_keys
+    from highlightsense.engine.selection import last_settings, reselect, settings_words
 
-    cfg = _config(args)
-    selection, rows = reselect(args.out_dir, cfg)
-    print(f"{len(selection.above)} windows at or above {_threshold_words(cfg, selection)}, "
-          f"{len(selection.kept)} after NMS, top {len(rows)}:")
-    print_table(rows)
+    overrides = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
+    given = given_keys(args.config, overrides)
+    if "threshold_percentile" in given:
+        given.add("threshold")  # a percentile given clears the folder's absolute threshold
+    # The folder's last settings, for what this command leaves unset.
+    taken = {k: v for k, v in last_settings(args.out_dir).items() if k not in given}
+    cfg = load_config(args.config, overrides, beneath=taken)
+    defaults = Config()
+    shown = {k: v for k, v in taken.items()
+             if v != getattr(defaults, k) and k not in ("window_sec", "stride_sec")}
+    if shown:
+        flags = {key: flag for flag, key in config_flags()["select"].items()}
+        log.info("as the folder's last selection: %s (a flag changes it)",
+                 settings_words(shown, flags))
+    outcome = reselect(args.out_dir, cfg)
+    print("\n".join(outcome.summary))
+    print_table(outcome.highlights)
     return 0
-
-
-def _threshold_words(cfg, selection) -> str:
-    if cfg.threshold is not None:
-        return f"the threshold {selection.threshold:.4f}"
-    return f"the {cfg.threshold_percentile:g}th percentile ({selection.threshold:.4f})"
 
 
 def _watch(args) -> int:
     from highlightsense.engine.watch import WatchOptions, summary_line, watch
+    from highlightsense.operators.sources.resolve import is_url
+
+    if not is_url(args.url):
+        raise HighlightSenseError(
+            f"{args.url} is not a URL: watch follows live streams; for a file use "
+            f"`highlightsense detect {args.url} --out DIR`")
 
     cfg = _config(args, tune=True)
     opts = WatchOptions(rolling_percentile=args.rolling_percentile, horizon_sec=args.horizon,
@@ -333,14 +380,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        return {"detect": _detect, "select": _select, "watch": _watch,
+        code = {"detect": _detect, "select": _select, "watch": _watch,
                 "demo": _demo, "bench": _bench}[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
     except HighlightSenseError as e:
+        if isinstance(e.__cause__, BrokenPipeError):  # a stage's write to stdout (watch)
+            return _closed_pipe()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted: stopped; no finished outputs were written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """Whoever read our output stopped (`| head`): nothing to say, and nothing more to write.
+    stdout goes to /dev/null so the interpreter's last flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":

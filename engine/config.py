@@ -30,8 +30,9 @@ class Config:
     threshold: Optional[float] = None  # or an absolute score (0-1): used instead of the percentile
     nms_window: float = 10.0  # a window starting within this many seconds of a kept one is dropped
     top_n: int = 20  # at most this many clips
+    order: str = "rank"  # the table's rows (and exports'): "rank" (best first) or "time"
     # Clips.
-    clips: bool = True  # cut clips/highlight_NN from the source
+    clips: bool = True  # cut clips/highlight_NN_<start> from the source
     exact_cuts: bool = False  # re-encode so clips start exactly at the window (False: stream copy)
     # Engine.
     audio_stream: Optional[int] = None  # which audio stream to analyse (0 = first); None: the first
@@ -64,9 +65,16 @@ class Config:
         return grid.stride_frames(self.stride_sec)
 
     def selection_settings(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in
-                ("window_sec", "stride_sec", "threshold_percentile", "threshold", "nms_window",
-                 "top_n")}
+        """What a run chose with, recorded in highlights.json: `select` on that folder starts
+        from these (the window settings are fixed by the scores)."""
+        return {k: getattr(self, k) for k in SELECTION_KEYS}
+
+
+# The settings highlights.json records (Config.selection_settings): the windows', then those
+# `select` takes again from the folder where its flags leave them unset.
+SELECTION_KEYS = ("window_sec", "stride_sec", "threshold_percentile", "threshold", "nms_window",
+                  "top_n", "order", "clips", "exact_cuts")
+ORDERS = ("rank", "time")
 
 
 _TYPES = {f.name: f.type for f in fields(Config)}
@@ -120,6 +128,8 @@ def _check(cfg: Config) -> Config:
         bad("threshold", "must be between 0 and 1 (scores are confidences)")
     if cfg.nms_window < 0:
         bad("nms_window", "must not be negative")
+    if cfg.order not in ORDERS:
+        bad("order", f"must be {' or '.join(ORDERS)}")
     for key in ("top_n", "batch_size", "queue_size", "separator_batch", "hls_fragments"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             bad(key, "must be at least 1")
@@ -175,13 +185,26 @@ def resolve_preset(name_or_path: str) -> Path:
 
 
 def load_config(config_file: Optional[str] = None,
-                overrides: Optional[Dict[str, Any]] = None) -> Config:
+                overrides: Optional[Dict[str, Any]] = None,
+                beneath: Optional[Dict[str, Any]] = None) -> Config:
     """Config's defaults, then the default preset (which overrides nothing unless a user edits
-    it), then `config_file` (a path or a preset name), then `overrides` (None: not given)."""
+    it), then `beneath` (what `select` takes from the folder's last run), then `config_file` (a
+    path or a preset name), then `overrides` (None: not given)."""
     cfg = apply(Config(), read_yaml(PRESETS / "default.yaml"), "configs/default.yaml")
+    if beneath:
+        cfg = apply(cfg, beneath, "the folder's highlights.json")
     if config_file:
         path = resolve_preset(config_file)
         cfg = apply(cfg, read_yaml(path), str(path))
     if overrides:
         cfg = apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "flags")
     return _check(cfg)
+
+
+def given_keys(config_file: Optional[str] = None,
+               overrides: Optional[Dict[str, Any]] = None) -> set:
+    """The keys the user set for this command: in `config_file` or by a flag (not None)."""
+    given = {k for k, v in (overrides or {}).items() if v is not None}
+    if config_file:
+        given |= set(read_yaml(resolve_preset(config_file)))
+    return given

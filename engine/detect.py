@@ -8,7 +8,7 @@
 """
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -36,8 +36,24 @@ class DetectResult:
     out_dir: Path
     windows: List[WindowScore]
     selection: Selection
-    highlights: List[dict]
+    highlights: List[dict]  # the clips table's rows, in the order asked for
     metrics: Optional[PipelineMetrics]  # the first pass's (None when a resume skipped it)
+    summary: List[str] = field(default_factory=list)  # the counts, for a person
+
+
+def check_input(input_path: str, cfg: Config) -> None:
+    """A local input must be a media file with the audio stream asked for: said before the
+    output folder is made or any model is loaded."""
+    from highlightsense.operators.sources.decode import audio_stream, open_media
+    from highlightsense.operators.sources.resolve import is_url
+
+    if is_url(input_path):
+        return
+    if os.path.exists(input_path) and not os.path.isdir(input_path) \
+            and not os.path.isfile(input_path):
+        return  # a pipe: reading it here would take what the run must read
+    with open_media(input_path) as container:
+        audio_stream(container, input_path, cfg.audio_stream)
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
@@ -93,16 +109,29 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
 
 def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True,
            restart: bool = False, observer: Optional[RunObserver] = None) -> DetectResult:
+    observer = observer or RunObserver()
+    check_input(input_path, cfg)
+    scorer = build_scorer(cfg)
+    made = not Path(out_dir).exists()
+    out_dir = prepare_out_dir(out_dir)
+    try:
+        return _detect(input_path, out_dir, cfg, scorer, show_progress, restart, observer)
+    except BaseException:
+        if made and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that failed before writing anything leaves no folder
+        raise
+
+
+def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: bool,
+            restart: bool, observer: RunObserver) -> DetectResult:
     from highlightsense.operators.sources.resolve import is_url
 
-    observer = observer or RunObserver()
-    out_dir = prepare_out_dir(out_dir)
-    scorer = build_scorer(cfg)
     observer.scorer_ready(scorer)
     cfg = replace(cfg, batch_size=cfg.batch_size or scorer.batch_size)
     record = ProgressRecord.begin(out_dir, fingerprint(input_path, cfg, scorer), restart)
     record.enabled = not is_url(input_path)  # a URL's stream cannot be reopened at a sample
     record.on_save = observer.record_saved
+    recut = record.phase == 3  # interrupted while choosing or cutting: only that is done again
     # The completion marker of an earlier run goes first, so a failed re-run cannot leave a
     # folder that looks complete but mixes two runs.
     (out_dir / tables.SUMMARY_JSON).unlink(missing_ok=True)
@@ -145,7 +174,7 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
     info = dict(record.info, resumes=record.resumes) if record.resumes else record.info
     try:
         tables.write_scores(out_dir, windows)
-        selection, highlights = finish(out_dir, windows, cfg, info)
+        outcome = finish(out_dir, windows, cfg, info, recut=recut)
     except (OSError, OutputError) as e:
         kept = (" (the scores are saved: it will not score again)" if record.enabled
                 and record.path.exists() else "")
@@ -154,4 +183,5 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
             f"cannot write the outputs in {out_dir}: {reason}; free space or fix the "
             f"folder, then run the same command again{kept}") from None
     record.remove()  # the summary is written: the run is complete
-    return DetectResult(out_dir, windows, selection, highlights, metrics)
+    return DetectResult(out_dir, windows, outcome.selection, outcome.highlights, metrics,
+                        outcome.summary)

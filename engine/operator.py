@@ -96,6 +96,9 @@ class SourceInfo:
     gaps_filled_sec: float = 0.0  # silence put in where the timestamps jumped
     timeline: Optional[list] = None  # HLS: stream time to each run's own timestamps (clips)
     live_edge_sec: Optional[float] = None  # live HLS: stream time of the newest listed segment
+    # HLS: stream time to broadcast time and UTC, segment by segment (hls_source.BroadcastTimes:
+    # a skipped ad break pauses stream time only); None for other sources.
+    broadcast_times: Optional[Any] = None
 
 
 class Source:

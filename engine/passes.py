@@ -19,8 +19,19 @@ from highlightsense.operators.windows import Windows
 log = logging.getLogger("highlightsense")
 
 
+def check_device(cfg: Config) -> None:
+    """--device and --half are checked whatever the scorer, so a typo or a GPU that is not
+    there is said at once, not only once a model is given."""
+    if cfg.device in ("auto", "cpu") and not cfg.half:
+        return  # nothing to check: no need to wait for torch's import
+    from highlightsense.model.separator import check_half, pick_device
+
+    check_half(pick_device(cfg.device), cfg.half)
+
+
 def build_scorer(cfg: Config) -> Scorer:
     """The CRNN from the checkpoint `cfg.model`, or without one the loudness heuristic."""
+    check_device(cfg)
     if cfg.model is None:
         from highlightsense.model.loudness import LoudnessScorer
 

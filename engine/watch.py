@@ -12,6 +12,10 @@ reaches selection in band (engine.chunks.Tick, past the features' look-ahead); w
 source delivers nothing (a stalled download), it runs on with wall time, so a forced decision
 still comes on time.
 
+Event times: start_sec / end_sec are stream time (the audio as received, from the join); a
+live HLS source also maps each end to the broadcast's own time and to UTC through the segment
+that holds it (info.broadcast_times), as skipped ads pause stream time only.
+
 Latency has two parts: what the scorer must hear after a window before it can score it (the
 loudness scorer's background looks about 62 s ahead, so its windows are scored about a minute
 after they end; the CRNN needs only a Demucs segment), then what NMS waits for (up to a window
@@ -166,11 +170,22 @@ def watch(url: str, cfg: Config, opts: Optional[WatchOptions] = None,
     live_clips = _live_clips(url, resolution, clips_dir, source, cfg, opts,
                              keep_sec=max_delay + 3 * reach + 60, sink=sink, clips=clips)
 
+    # Stream time to the broadcast's own time and UTC (HLS only), kept as far back as events
+    # look: a window's start, up to max_delay and NMS's reach before its decision.
+    times = source.info.broadcast_times
+    if times is not None:
+        times.keep_sec = max_delay + 2 * reach + 60
+
     def on_highlight(d: Decision) -> None:
         arrived = arrivals.arrived(d.window.end_sec)
+        unknown = (None, None)
         event = HighlightEvent.of(d, id=len(events) + 1, source=url,
                                   latency_sec=time.monotonic() - arrived
-                                  if arrived is not None else None)
+                                  if arrived is not None else None,
+                                  start_at=times.at(d.window.start_sec)
+                                  if times is not None else unknown,
+                                  end_at=times.at(d.window.end_sec, end=True)
+                                  if times is not None else unknown)
         events.append(event.to_json())
         sink.emit(event)
         if live_clips is not None:

@@ -3,9 +3,10 @@
 A model is named the way demucs names it (`htdemucs`, a bag such as `htdemucs_ft`, a signature,
 `namespace/name` on the HuggingFace hub) and found where demucs 4.1 finds it: its HuggingFace
 cache, then its legacy torch hub cache, and only when neither has it, downloaded where demucs
-downloads it (HuggingFace first). Or it is a local file or folder: a demucs `.th` package, an
-exported `.safetensors`, a bag `.yaml` beside its models, or a demucs repo folder holding one
-bag or one model.
+downloads it (HuggingFace first; each location asked once, with bounded waits, so a machine
+without network is told so in seconds, on one line). Or it is a local file or folder: a demucs
+`.th` package, an exported `.safetensors`, a bag `.yaml` beside its models, or a demucs repo
+folder holding one bag or one model.
 
 demucs unpickles `.th` files with weights_only=False, which runs whatever code a file carries,
 and its safetensors loader imports whatever class the file names. So demucs's lookup is followed
@@ -14,10 +15,14 @@ model classes and Fraction allowed, and a `.safetensors` must name one of those 
 anything else is refused by name.
 """
 import hashlib
+import http.client
 import json
 import os
 import pickle
 import re
+import sys
+import urllib.parse
+import urllib.request
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -280,10 +285,41 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+# Offline, huggingface_hub retries a failed HEAD five times (1 + 2 + 4 + 8 + 8 s of backoff,
+# each attempt logging a warning) and urllib waits on a dropped connection for the system's TCP
+# timeout (minutes). Each download location is therefore tried once, waiting this long for a
+# host to answer; a transfer under way may pause for up to READ_TIMEOUT_SEC.
+CONNECT_TIMEOUT_SEC = 5.0
+READ_TIMEOUT_SEC = 60.0
+
+
+class _Unreachable(Exception):
+    """A download location that did not give the file: its host and why, in a few words."""
+
+    def __init__(self, host: str, reason: str):
+        super().__init__(f"{host}: {reason}")
+
+
+def _why(e: BaseException, timeout: float = CONNECT_TIMEOUT_SEC) -> str:
+    """Why a request failed: its HTTP status, a timeout, or the network error's own words."""
+    status = getattr(getattr(e, "response", None), "status_code", None) or getattr(e, "code", None)
+    if isinstance(status, int):
+        return f"HTTP {status}"
+    reason = getattr(e, "reason", None) or e  # urllib's URLError wraps the socket's error
+    if isinstance(reason, TimeoutError) or "Timeout" in type(e).__name__:
+        return f"no answer within {timeout:g} s"
+    text = re.sub(r"^\[Errno -?\d+\] ", "", str(reason).strip().split("\n")[0])[:100]
+    return text or type(e).__name__
+
+
+def _failure(e: BaseException) -> str:
+    return str(e) if isinstance(e, _Unreachable) else _one_line(e)
+
+
 def _from_hf(name: str, local_only: bool) -> BagOfModels:
     """As demucs.hf.get_hf_model: the bag's yaml and one safetensors per model, through the
     HuggingFace cache (downloaded there unless local_only)."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     namespace = DEFAULT_NAMESPACE
     if "/" in name:
@@ -293,9 +329,83 @@ def _from_hf(name: str, local_only: bool) -> BagOfModels:
     def fetch(filename):
         return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
 
+    if not local_only:
+        host = urllib.parse.urlsplit(constants.ENDPOINT).netloc
+        if constants.HF_HUB_OFFLINE:
+            raise _Unreachable(host, "HF_HUB_OFFLINE is set")
+        try:  # one HEAD, no retries: hf_hub_download retries a failed one for ~23 s
+            get_hf_file_metadata(hf_hub_url(repo_id, f"{name}.yaml"), timeout=CONNECT_TIMEOUT_SEC)
+        except Exception as e:
+            raise _Unreachable(host, _why(e)) from e
     bag = yaml.safe_load(fetch(f"{name}.yaml").read_text())
     models = [_load_safetensors(fetch(f"{sig}.safetensors")) for sig in bag["models"]]
     return BagOfModels(models, bag.get("weights"), bag.get("segment"))
+
+
+class _ReadTimeout:
+    """A connection that waits CONNECT_TIMEOUT_SEC (urlopen's timeout) for the host, or the
+    proxy's tunnel, and then READ_TIMEOUT_SEC on each read: a slow transfer is no dead host."""
+
+    def connect(self):
+        super().connect()
+        self.sock.settimeout(READ_TIMEOUT_SEC)
+
+
+class _HTTP(_ReadTimeout, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPS(_ReadTimeout, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_HTTP, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_HTTPS, req, context=self._context)
+
+
+def _download(url: str, dest: Path, hash_prefix: Optional[str]) -> None:
+    """torch.hub.download_url_to_file with bounded waits (it has none): to a partial file,
+    the sha256 prefix of demucs's file name checked, then renamed into place; the progress bar
+    on stderr. Proxies as urllib takes them (https_proxy; not ALL_PROXY)."""
+    from tqdm import tqdm
+
+    opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)  # and env proxies
+    host = urllib.parse.urlsplit(url).netloc
+    partial = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
+    sha256 = hashlib.sha256()
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "torch.hub"})
+        try:
+            response = opener.open(request, timeout=CONNECT_TIMEOUT_SEC)
+        except Exception as e:
+            raise _Unreachable(host, _why(e)) from e
+        size = int(response.headers.get("Content-Length") or 0) or None
+        with response, open(partial, "wb") as f, tqdm(
+                total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                file=sys.stderr) as bar:
+            try:
+                while chunk := response.read1(1 << 16):  # what has come, not 64 KiB
+                    f.write(chunk)
+                    sha256.update(chunk)
+                    bar.update(len(chunk))
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
+                raise _Unreachable(host, f"the transfer stopped after {bar.n} bytes "
+                                         f"({_why(e, READ_TIMEOUT_SEC)})") from e
+        if size is not None and bar.n != size:  # read1 ends quietly on a closed connection
+            raise _Unreachable(host, f"the transfer stopped after {bar.n} of {size} bytes")
+        digest = sha256.hexdigest()
+        if hash_prefix and not digest.startswith(hash_prefix):
+            raise HighlightSenseError(f"the download of {url} is damaged: its sha256 starts "
+                                      f"{digest[:len(hash_prefix)]}, its name says {hash_prefix}")
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _from_torch_hub(url: str, local_only: bool) -> nn.Module:
@@ -305,11 +415,11 @@ def _from_torch_hub(url: str, local_only: bool) -> nn.Module:
     if not cached.exists():
         if local_only:
             raise FileNotFoundError(f"{cached} is not cached")
-        # torch.hub.load_state_dict_from_url would also print a "Downloading" line of its own
-        # (to stderr in torch 2.5, to stdout in 2.13): its download alone shows only the bar.
+        # Not torch.hub.load_state_dict_from_url: it prints a "Downloading" line to stdout
+        # (torch 2.13), which carries results only, and waits without bound.
         cached.parent.mkdir(parents=True, exist_ok=True)
         named = torch.hub.HASH_REGEX.search(cached.name)
-        torch.hub.download_url_to_file(url, str(cached), named.group(1) if named else None)
+        _download(url, cached, named.group(1) if named else None)
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
             package = torch.load(cached, map_location="cpu", weights_only=True)
@@ -349,12 +459,12 @@ def _load_named(name: str) -> nn.Module:
         known = sorted(p.stem for p in REMOTE_ROOT.glob("*.yaml"))
         raise HighlightSenseError(
             f"{name!r} is not a local file or folder, nor a demucs model name ({', '.join(known)}) "
-            f"and the HuggingFace hub did not give it ({_one_line(errors['HuggingFace'])})")
+            f"and the HuggingFace hub did not give it ({_failure(errors['HuggingFace'])})")
     from huggingface_hub import constants
 
-    caches = f"{constants.HF_HUB_CACHE}, {Path(torch.hub.get_dir()) / 'checkpoints'}"
+    caches = f"{constants.HF_HUB_CACHE} or {Path(torch.hub.get_dir()) / 'checkpoints'}"
     raise HighlightSenseError(
-        f"no weights for demucs model {name!r} on this machine (none in {caches}) and "
-        f"downloading failed ({_one_line(errors['HuggingFace'])}; "
-        f"{_one_line(errors['legacy'])}): run once with network access to fetch them, or give "
-        "--separator a local .th, .safetensors or demucs repo folder")
+        f"cannot download the separator {name!r} ({_failure(errors['HuggingFace'])}; "
+        f"{_failure(errors['legacy'])}) and it is not cached in {caches}: connect to the "
+        "internet once to fetch it, or point --separator at a local model file (.th, "
+        ".safetensors or a demucs repo folder)")

@@ -1,14 +1,21 @@
 """`highlightsense bench` (benchmarks/bench.py) and the seed's way (benchmarks/seed_way.py), smoke
 runs on generated media with small models: the figures are measured and sane, the engine writes
 no intermediates while the seed's way writes its WAVs, and with the same weights (and demucs's
-random shift turned off) the two ways score the same windows alike."""
+random shift turned off) the two ways score the same windows alike; and the flags, checked
+before any work, and the help."""
+import errno
 import json
+import os
+import re
+import subprocess
+import uuid
 
 import numpy as np
 import pytest
 
 from highlightsense.benchmarks import bench_support as support
 from highlightsense.benchmarks.bench import format_report, main
+from highlightsense.engine import cli
 
 SECONDS = 55  # one 60 s chunk for the seed's way, six windows
 
@@ -67,9 +74,10 @@ def test_bench_loudness_and_one_stage(files, capsys):
 
 def test_engine_and_seed_way_on_the_same_weights(files, capsys):
     media, crnn, separator = map(str, files)
+    # the old spelling of one flag, the new of the other: both are taken
     report = bench_json(capsys, ["--input", media, "--model", crnn, "--separator", separator,
                                  "--device", "cpu", "--batch-size", "4", "--compare-seed",
-                                 "--seed-shifts", "0"])
+                                 "--notebook-shifts", "0"])
     engine, seed, comparison = report["engine"], report["seed"], report["comparison"]
 
     check_engine(engine, ["decode", "separate", "features", "windows", "score", "collect"])
@@ -108,4 +116,113 @@ def test_engine_and_seed_way_on_the_same_weights(files, capsys):
     names = [t["target"] for t in comparison["targets"]]
     assert len(names) == 4 and all(isinstance(t["met"], bool) for t in comparison["targets"])
     text = format_report(report)
-    assert "== the seed's way ==" in text and "== targets ==" in text
+    assert "== the notebook's way ==" in text and "== targets ==" in text
+    assert "== engine vs the notebook's way" in text and "seed" not in text
+
+
+# ---- the flags: one line and exit status 1, before any work ------------------------------------
+
+def bench_error(capsys, argv) -> str:
+    """The one line `highlightsense bench ARGV` fails with (exit status 1, nothing on stdout)."""
+    assert cli.main(["bench", *argv]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("error: "), err
+    return err.strip()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--tmp", "{tmp}/absent"], "--tmp {tmp}/absent: no such folder"),
+    (["--tmp", "{tmp}/a-file"], "--tmp {tmp}/a-file: not a folder"),
+    (["--input", "{tmp}/absent.mp4"], "cannot read --input {tmp}/absent.mp4: No such file"),
+    (["--input", "{tmp}"], "--input {tmp} is a folder"),
+    (["--model", "{tmp}/absent.pt"], "cannot read --model"),
+    (["--random-model", "--separator", "{tmp}/absent.th"], "no separator file or folder"),
+    (["--json-out", "{tmp}/absent/r.json"], "cannot write --json-out {tmp}/absent/r.json"),
+    (["--json-out", "{tmp}"], "--json-out {tmp} is a folder"),
+    (["--minutes", "0"], "--minutes takes a positive number, not 0"),
+    (["--minutes", "nan"], "--minutes takes a positive number, not nan"),
+    (["--rss-minutes", "10", "-1"], "--rss-minutes takes a positive number, not -1"),
+    (["--input-seed", "-1"], "--input-seed takes a whole number of at least 0"),
+    (["--notebook-shifts", "-2"], "--notebook-shifts takes a whole number of at least 0"),
+    (["--seed-shifts", "-2"], "--notebook-shifts takes"),  # the old spelling, the same flag
+    (["--threads", "0"], "--threads takes a whole number of at least 1"),
+    (["--batch-size", "0"], "--batch-size takes a whole number of at least 1"),
+    (["--separator-batch", "-3"], "--separator-batch takes a whole number of at least 1"),
+    (["--container", "webm"], "--container webm: the generated VOD can be m4a"),
+    (["--compare-notebook", "--stage", "decode"], "--compare-notebook runs whole jobs"),
+    (["--separator", "htdemucs"], "a separator runs only with a CRNN"),
+    (["--device", "tpu7"], "unknown device 'tpu7'"),
+])
+def test_a_bad_flag_is_one_line_before_any_work(tmp_path, capsys, argv, says):
+    (tmp_path / "a-file").write_text("")
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    extra = [] if "--tmp" in argv else ["--tmp", str(work)]
+    line = bench_error(capsys, argv + extra)
+    assert says.replace("{tmp}", str(tmp_path)) in line
+    assert not any(work.iterdir())  # nothing generated, no work folder made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "work"]
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot write in: read-only permissions, or for root (whom
+    permissions do not stop) a read-only tmpfs."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder, os.strerror(errno.EACCES)
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("root, and no tmpfs can be mounted here")
+    try:
+        yield folder, os.strerror(errno.EROFS)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_an_unwritable_folder_is_one_line_before_any_work(unwritable, tmp_path, capsys):
+    folder, reason = unwritable
+    line = bench_error(capsys, ["--tmp", str(folder)])
+    assert line == f"error: bench: cannot make a work folder in {folder}: {reason}"
+    target = folder / f"report-{uuid.uuid4().hex}.json"
+    line = bench_error(capsys, ["--json-out", str(target), "--tmp", str(tmp_path)])
+    assert line == f"error: bench: cannot write --json-out {target}: {reason}"
+    assert [p.name for p in tmp_path.iterdir()] == ["locked"]
+
+
+def test_json_out_is_checked_without_being_left_behind(tmp_path, capsys):
+    """The --json-out check creates no file of its own when the run then stops."""
+    target = tmp_path / "r.json"
+    bench_error(capsys, ["--json-out", str(target), "--minutes", "-1"])
+    assert not target.exists()
+
+
+def test_a_failing_job_is_one_line(files, tmp_path, capsys):
+    """A checkpoint that is no checkpoint is found in the engine's job (its process): the bench
+    says the job's own one-line error, no traceback."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    line = bench_error(capsys, ["--input", str(files[0]), "--model", str(bad), "-q"])
+    assert line.startswith("error: bench: the engine job stopped: ")
+    assert str(bad) in line
+
+
+def test_help_says_notebook_and_reads_as_words(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["bench", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "Measure what the engine costs" in text and "--compare-notebook" in text
+    assert "notebook's way" in text
+    # "seed" only as a random one (--input-seed): the notebook is called the notebook
+    assert "seed" not in text.lower().replace("random seed", "").replace("--input-seed", "")
+    placeholders = set(re.findall(r"\b[A-Z][A-Z_]{2,}\b", text)) - {"RSS", "CRNN", "JSON",
+                                                                       "WAV", "VOD", "CUDA",
+                                                                       "OMP", "MKL"}
+    assert placeholders <= {"FILE", "DIR", "PATH", "NAME", "NAME_OR_PATH", "SIZE", "FORMAT"}, \
+        placeholders

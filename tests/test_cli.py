@@ -94,7 +94,9 @@ def test_select_reruns_from_saved_scores_without_the_audio(vod, tmp_path, capsys
     _, after = read_csv(out / "final_clips_metadata.csv")
     assert len(before) > 1 and len(after) == 1
     assert after[0][1:7] == before[0][1:7]
-    code, _, err = run(["select", out, "--top-n", "1", "-q"], capsys)  # clips need the source
+    # The folder's last --no-clips holds until --clips: then the source is needed.
+    assert run(["select", out, "--top-n", "2", "-q"], capsys)[0] == 0
+    code, _, err = run(["select", out, "--top-n", "1", "--clips", "-q"], capsys)
     assert code == 1 and "is gone" in err
 
 
@@ -245,7 +247,8 @@ def test_help_shows_configs_defaults():
             assert action.default is None, (name, action.dest)
             text = formatter._expand_help(action) if action.help else ""
             for value in re.findall(r"\(default ([^):]+)\)", text):
-                assert action.type(value) == getattr(Config(), action.dest), (name, text)
+                parse = action.type or str
+                assert parse(value) == getattr(Config(), action.dest), (name, text)
                 shown += 1
     assert shown >= 9  # window, stride, percentile, NMS (x3), top N, fragments (x2), ...
     # ... and none is written out in the source, even one that agrees with Config today.
@@ -258,7 +261,7 @@ def test_help_shows_configs_defaults():
     assert f"from the config: {default_of('threshold_percentile')})" in rolling.help
 
 
-def test_every_config_flag_reaches_config():
+def test_every_config_flag_reaches_config(tmp_path):
     """The flag table is the parser's: each flag whose dest is a Config field sets that key."""
     from highlightsense.engine import cli
     from highlightsense.engine.config import Config
@@ -270,7 +273,7 @@ def test_every_config_flag_reaches_config():
         "window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n", "clips",
         "exact_cuts", "audio_stream", "batch_size", "model", "separator", "device",
         "separator_batch", "half", "exact_reference", "threshold", "hls_fragments",
-        "max_duration_sec"}
+        "max_duration_sec", "order"}
     positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"]}
     commands = _commands()
     for name, flags in table.items():
@@ -279,6 +282,13 @@ def test_every_config_flag_reaches_config():
             action, default = actions[flag], getattr(Config(), key)
             if action.nargs == 0:  # --half, --no-clips, --single-pass, --exact-cuts
                 argv, want = [flag], action.const
+                if want == default:  # --clips, --copy-cuts: they undo a config's setting
+                    other = tmp_path / f"{key}.yaml"
+                    other.write_text(f"{key}: {str(not want).lower()}\n")
+                    argv = [flag, "--config", str(other)]
+            elif action.choices:
+                want = next(c for c in action.choices if c != default)
+                argv = [flag, want]
             elif action.type is cli._duration:
                 argv, want = [flag, "1:00:00"], 3600.0
             elif action.type in (int, float):
@@ -287,7 +297,7 @@ def test_every_config_flag_reaches_config():
                 argv = [flag, str(want)]
             else:
                 argv, want = [flag, "other"], "other"
-            assert want != default, (name, flag)
+            assert want != default or "--config" in argv, (name, flag)
             args = cli.parser().parse_args([name, *positional.get(name, []), *argv])
             assert getattr(cli._config(args), key) == want, (name, flag)
 
@@ -314,7 +324,7 @@ def test_other_commands_do_not_import_the_bench():
     assert done.stdout.strip() == "1 []"
     done = subprocess.run([sys.executable, "-m", "highlightsense", "bench", "--help"],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "--compare-seed" in done.stdout and "--stage" in done.stdout
+    assert done.returncode == 0 and "--compare-notebook" in done.stdout and "--stage" in done.stdout
     assert "what the engine costs" in done.stdout  # its description, from benchmarks/bench.py
 
 
@@ -338,3 +348,187 @@ def test_one_hh_mm_ss_formatter():
         assert hms(float(t)) == seed(float(t))
     # The progress line's clock is another format on purpose: M:SS, hours only when there are.
     assert [clock(t) for t in (5, 65.9, 3600, 36000)] == ["0:05", "1:05", "1:00:00", "10:00:00"]
+
+
+# ---- what a newcomer tripped on (issue 14) ------------------------------------------------------
+
+def _table(out):
+    header, rows = read_csv(out / "final_clips_metadata.csv")
+    return [dict(zip(header, r)) for r in rows]
+
+
+def test_no_clips_on_an_earlier_runs_folder_removes_its_clips_only(vod, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(["detect", vod, "--out", out, "--threshold-percentile", "50", "-q"],
+               capsys)[0] == 0
+    cut = sorted(p.name for p in (out / "clips").iterdir())
+    assert len(cut) >= 2 and all(p.startswith("highlight_0") for p in cut)
+    mine = {"highlight_notes.txt": b"mine", "highlight_best.mp4": b"mine", "edit.mp4": b"mine"}
+    for name, data in mine.items():  # a user's files, some named like ours
+        (out / "clips" / name).write_bytes(data)
+    os.symlink(vod, out / "clips" / "highlight_99_0h00m00s.mp4")  # a link is never ours
+
+    assert run(["select", out, "--top-n", "1", "-q"], capsys)[0] == 0
+    left = {p.name for p in (out / "clips").iterdir()}
+    assert left == {_table(out)[0]["clip_path"].rsplit("/", 1)[-1],
+                    "highlight_99_0h00m00s.mp4", *mine}
+
+    for command in (["select", out, "--no-clips", "-q"],
+                    ["detect", vod, "--out", out, "--no-clips", "-q"]):
+        assert run(command, capsys)[0] == 0
+        assert {p.name for p in (out / "clips").iterdir()} == {"highlight_99_0h00m00s.mp4", *mine}
+        assert all(r["clip_path"] == "" for r in _table(out))
+        assert (out / "clips" / "highlight_notes.txt").read_bytes() == b"mine"
+
+
+def test_a_closed_pipe_prints_no_traceback(vod, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(["detect", vod, "--out", out, "--no-clips", "--threshold-percentile", "50", "-q"],
+               capsys)[0] == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written (`| head` that quit)
+    proc = subprocess.run([sys.executable, "-m", "highlightsense", "select", str(out)],
+                          stdout=write, stderr=subprocess.PIPE, timeout=120)
+    os.close(write)
+    assert proc.returncode == 141
+    assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_a_one_window_input_is_chosen_as_the_notebook_chooses_it(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    src = write_media(tmp_path / "five.wav",
+                      [(0.2 * rng.standard_normal((2, 44100 * 5))).astype(np.float32)])
+    for flags in ([], ["--threshold"]):  # the 99th percentile; an absolute threshold below it
+        if flags:
+            flags.append(str(float(_scores(tmp_path / "out0")[0][3]) / 2))
+        out = tmp_path / f"out{len(flags)}"
+        code, stdout, err = run(["detect", src, "--out", out, "-q", *flags], capsys)
+        assert code == 0, err
+        assert "nothing stands out" not in err
+        rows = _table(out)
+        assert len(rows) == 1 and os.path.exists(rows[0]["clip_path"])
+        first = stdout.splitlines()[0]
+        assert first.startswith("1 window, 1 at or above ") and first.endswith(
+            ", 1 after NMS, top 1:"), first
+        summary = json.loads((out / "highlights.json").read_text())
+        assert summary["windows_above_threshold"] == summary["after_nms"] == 1
+
+
+def test_a_flat_curve_says_so_in_the_summary(tmp_path, capsys):
+    src = write_media(tmp_path / "silence.flac", [np.zeros((2, 44100 * 45), np.float32)])
+    code, stdout, err = run(["detect", src, "--out", tmp_path / "out", "-q"], capsys)
+    assert code == 0
+    assert stdout.splitlines()[0].endswith("nothing stands out, no clips chosen")
+    assert stdout.splitlines()[0].startswith(f"{len(_scores(tmp_path / 'out'))} windows, all")
+
+
+def _scores(out):
+    return read_csv(out / "raw_window_scores.csv")[1]
+
+
+def test_a_missing_input_makes_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run(["detect", tmp_path / "nope.mp4", "--out", out, "-q"], capsys)
+    assert code == 1 and "no such file" in err and not out.exists()
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(np.random.default_rng(0).bytes(50_000))
+    code, _, err = run(["detect", noise, "--out", out, "-q"], capsys)
+    assert code == 1 and "not a media file" in err and not out.exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--device", "gpu9"], "unknown device 'gpu9'"),
+    (["--device", "cuda"], "CUDA GPU"),  # this machine has none
+    (["--half"], "--half runs on CUDA only"),
+])
+def test_device_and_half_are_checked_without_a_model_too(vod, tmp_path, capsys, flags, words):
+    out = tmp_path / "out"
+    code, _, err = run(["detect", vod, "--out", out, "-q", *flags], capsys)
+    assert code == 1 and words in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_select_starts_from_the_folders_last_settings(vod, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(["detect", vod, "--out", out, "--threshold-percentile", "70", "--top-n", "3",
+                "--nms-window", "5", "--no-clips", "--order", "time", "-q"], capsys)[0] == 0
+    first = _table(out)
+    assert len(first) >= 2
+    starts = [float(r["start_sec"]) for r in first]
+    assert starts == sorted(starts)  # listed by time; the ranks keep the scores' order
+    by_rank = sorted(first, key=lambda r: int(r["rank"]))
+    assert [float(r["confidence"]) for r in by_rank] == sorted(
+        (float(r["confidence"]) for r in first), reverse=True)
+
+    code, stdout, err = run(["select", out, "--top-n", "2"], capsys)
+    assert code == 0, err
+    said = next(line for line in err.splitlines() if "folder's last selection" in line)
+    for words in ("--threshold-percentile 70", "--order time", "--no-clips", "--nms-window 5"):
+        assert words in said, said
+    assert "--top-n" not in said  # given: not the folder's
+    settings = json.loads((out / "highlights.json").read_text())["settings"]
+    assert (settings["threshold_percentile"], settings["top_n"], settings["nms_window"],
+            settings["order"], settings["clips"]) == (70.0, 2, 5.0, "time", False)
+
+    # An absolute threshold replaces the percentile; a percentile then clears the threshold.
+    assert run(["select", out, "--threshold", "0.2", "-q"], capsys)[0] == 0
+    assert json.loads((out / "highlights.json").read_text())["threshold"] == 0.2
+    assert run(["select", out, "--threshold-percentile", "90", "-q"], capsys)[0] == 0
+    summary = json.loads((out / "highlights.json").read_text())
+    assert summary["settings"]["threshold"] is None
+    assert summary["threshold"] == pytest.approx(
+        np.percentile([float(r[3]) for r in _scores(out)], 90))
+
+
+def test_clips_are_named_by_rank_and_start_and_their_cutting_shows(vod, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(["detect", vod, "--out", out, "--threshold-percentile", "50",
+                             "--top-n", "2"], capsys)
+    assert code == 0, err
+    rows = _table(out)
+    for r in rows:
+        start = int(float(r["start_sec"]))
+        name = f"highlight_{int(r['rank']):02d}_0h{start // 60:02d}m{start % 60:02d}s.mp4"
+        assert r["clip_path"].endswith("/clips/" + name)
+    assert [line for line in err.splitlines() if line.startswith("cutting clip")] == [
+        f"cutting clip {k} of 2 ({r['start_ts']} to {r['end_ts']})"
+        for k, r in enumerate(rows, 1)]
+
+
+def test_a_resume_that_cuts_the_clips_again_says_so(vod, tmp_path, capsys, monkeypatch):
+    from highlightsense.engine import detect as detect_module
+
+    out = tmp_path / "out"
+    real = detect_module.finish
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the clips are cut: the scores are saved
+
+    monkeypatch.setattr(detect_module, "finish", interrupted)
+    command = ["detect", vod, "--out", out, "--top-n", "2", "--threshold-percentile", "50"]
+    assert run(command, capsys)[0] == 130
+    monkeypatch.setattr(detect_module, "finish", real)
+    code, _, err = run(command, capsys)
+    assert code == 0, err
+    assert "cutting the 2 clips again: the interrupted run had not finished them" in err
+    assert "first pass" not in err and len(_table(out)) == 2
+
+
+def test_help_describes_every_command(capsys):
+    import argparse
+
+    from highlightsense.engine.cli import parser
+
+    commands = _commands()
+    for name, command in commands.items():
+        command.format_help()  # bench declares its flags and text only when asked
+        assert command.description and len(command.description) > 80, name
+    watch_threshold = next(a for a in commands["watch"]._actions if a.dest == "threshold")
+    assert "absolute score" in watch_threshold.help and watch_threshold.metavar == "SCORE"
+
+
+def test_watch_on_a_file_points_to_detect_and_select_on_a_missing_folder(vod, tmp_path, capsys):
+    code, _, err = run(["watch", vod], capsys)
+    assert code == 1 and f"highlightsense detect {vod}" in err and err.count("\n") == 1
+    code, _, err = run(["select", tmp_path / "gone"], capsys)
+    assert code == 1 and "no such folder" in err and err.count("\n") == 1

@@ -178,8 +178,13 @@ def test_origin_of_a_late_starting_mkv(media, tmp_path):
 
 
 def test_cut_clips_names_in_order(media, tmp_path):
-    results = cut_clips(media["mp4"], tmp_path / "clips", [(8.0, 10.0), (1.0, 3.0)])
-    assert [r.path.name for r in results] == ["highlight_01.mp4", "highlight_02.mp4"]
+    told = []
+    results = cut_clips(media["mp4"], tmp_path / "clips", [(8.0, 10.0), (1.0, 3.0)],
+                        before=lambda k, n: told.append((k, n)))
+    # Rank, then the window's start: files a person tells apart.
+    assert [r.path.name for r in results] == ["highlight_01_0h00m08s.mp4",
+                                              "highlight_02_0h00m01s.mp4"]
+    assert told == [(1, 2), (2, 2)]
     assert [r.start_sec for r in results] == pytest.approx([8.0, 0.0])
     assert [first_frame(r.path)[0] for r in results] == [80, 0]
     assert results[0].note == ""  # 8 s is a keyframe: nothing to say

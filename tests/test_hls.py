@@ -3,6 +3,7 @@ generated media: the audio equals the file's, sample for sample, whatever the se
 import logging
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from highlightsense.operators.sources.fetch import FetchPolicy
 from highlightsense.operators.sources.hls_playlist import (MasterPlaylist, MediaPlaylist,
                                                            parse_playlist)
 from highlightsense.operators.sources.hls_reader import HlsReader
-from highlightsense.operators.sources.hls_source import HlsAudioSource
+from highlightsense.operators.sources.hls_source import (BroadcastTimes, HlsAudioSource,
+                                                         SegmentTimes)
 
 RATE = 44100
 BEEPS = [1.0, 5.5, 13.0, 18.2]
@@ -191,6 +193,81 @@ def test_live_edge_start_begins_three_target_durations_back(media, server):
     samples, source = decode_hls(urls["audio"], poll_sec=0.05, start="live_edge")
     assert source.info.timeline[0].sequence == 3  # 6 listed, 2-s segments, target 2 s: the last 3
     assert samples.shape[1] < reference.shape[1]
+
+
+def test_live_broadcast_times_follow_each_segment_across_an_ad_break(media, server):
+    """A sliding live window that says where each segment is in the broadcast (ELAPSED-SECS,
+    of its first segment at each reload) and on the clock (PROGRAM-DATE-TIME); joined at the
+    live edge, then an ad break (segments 4 and 5, 8-12 s of the media): the beeps heard, mapped
+    through the source's BroadcastTimes, land where the media has them in the broadcast."""
+    _, hls, _ = media
+    elapsed, date = 7200.0, datetime(2026, 3, 1, 18, 0, tzinfo=timezone.utc)  # of segment 0
+    urls = server.add_live("live", hls, speed=10, initial=4, window=4, ads=(4, 5),
+                           elapsed_sec=elapsed, start_date=date)
+    samples, source = decode_hls(urls["audio"], poll_sec=0.05, start="live_edge")
+    times = source.info.broadcast_times
+    starts = np.concatenate([[0.0], np.cumsum(hls.durations)])
+    # Joined 6 s back from the 4 listed (segment 1); the ads never taken.
+    assert [e.sequence for e in times.entries] == [1, 2, 3, 6, 7, 8, 9]
+    for e in times.entries:
+        assert e.broadcast_sec == pytest.approx(elapsed + starts[e.sequence], abs=1e-6)
+        assert e.utc == date + timedelta(seconds=float(starts[e.sequence]))
+    ad_sec = starts[6] - starts[4]
+    assert times.entries[3].stream_sec == pytest.approx(starts[4] - starts[1], abs=0.03)
+    heard = find_beeps(samples)
+    assert len(heard) == 3  # 5.5 before the ad, 13.0 and 18.2 after it
+    for at, beep in zip(heard, BEEPS[1:]):
+        broadcast, utc = times.at(at)
+        assert broadcast == pytest.approx(elapsed + beep, abs=0.05)
+        assert (utc - date).total_seconds() == pytest.approx(beep, abs=0.05)
+    # A span over the ad: longer in the broadcast than in stream time, by the ad (to within
+    # what the decoded audio and the listed durations differ by: an AAC frame or so).
+    (b0, _), (b1, _) = times.at(heard[0]), times.at(heard[1], end=True)
+    assert b1 - b0 == pytest.approx(heard[1] - heard[0] + ad_sec, abs=0.03)
+
+
+def test_broadcast_times_map_through_the_segment_holding_each_moment():
+    date = datetime(2026, 3, 1, 18, 0, tzinfo=timezone.utc)
+    times = BroadcastTimes()
+    # Segments 10-12 at broadcast 100-106 s, an ad (13, 14) skipped, then 15 at 110 s.
+    for k, (stream, broadcast) in enumerate([(0, 100), (2, 102), (4, 104), (6, 110)]):
+        times.add(SegmentTimes(stream, 2.0, broadcast,
+                               date + timedelta(seconds=broadcast), [10, 11, 12, 15][k]))
+    assert times.at(3.0) == (101.0 + 2, date + timedelta(seconds=103))
+    assert times.at(6.0)[0] == 110.0  # a start on the boundary: the segment after the ad
+    assert times.at(6.0, end=True)[0] == 106.0  # an end on it: the segment before
+    assert times.at(7.5, end=True)[0] == 111.5
+    assert times.at(-1.0) == (None, None)
+    # A playlist without the tags: both unknown, stream time mapping nothing.
+    silent = BroadcastTimes()
+    silent.add(SegmentTimes(0.0, 2.0, None, None, 0))
+    assert silent.at(1.0) == (None, None)
+    # Bounded: what ends more than keep_sec behind the newest is dropped.
+    kept = BroadcastTimes(keep_sec=10.0)
+    for k in range(100):
+        kept.add(SegmentTimes(2.0 * k, 2.0, 2.0 * k, None, k))
+    assert [e.stream_sec for e in kept.entries] == [190.0, 192.0, 194.0, 196.0, 198.0]
+    assert kept.at(189.0) == (None, None) and kept.at(190.5)[0] == 190.5
+
+
+def test_twitch_elapsed_secs_gives_each_segment_its_broadcast_time():
+    text = "\n".join([
+        "#EXTM3U", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:500",
+        "#EXT-X-TWITCH-ELAPSED-SECS:1000.500", "#EXT-X-TWITCH-TOTAL-SECS:1006.500",
+        "#EXT-X-PROGRAM-DATE-TIME:2026-03-01T19:00:00.000+01:00",
+        "#EXTINF:2.000,live", "a.ts", "#EXTINF:2.000,Amazon|1", "ad.ts",
+        "#EXTINF:2.000,live", "b.ts"])
+    playlist = parse_playlist(text, "http://h/live.m3u8")
+    assert playlist.elapsed_sec == 1000.5
+    # The ad keeps its place in the broadcast: the segment after it is 4 s after the first.
+    assert [(s.broadcast_sec, s.ad) for s in playlist.segments] == [
+        (1000.5, False), (1002.5, True), (1004.5, False)]
+    utc = SegmentTimes.of(playlist.segments[2], 0.0).utc  # in UTC, whatever the tag's offset
+    assert utc == datetime(2026, 3, 1, 18, 0, 4, tzinfo=timezone.utc)
+    assert utc.utcoffset() == timedelta(0)
+    bare = parse_playlist("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\na.ts\n", "http://h/x")
+    assert bare.elapsed_sec is None
+    assert SegmentTimes.of(bare.segments[0], 0.0) == SegmentTimes(0.0, 2.0, None, None, 0)
 
 
 def test_close_from_another_thread_ends_a_waiting_read(media, server):

@@ -69,3 +69,80 @@ def test_brute_force_properties(seed):
 def test_empty():
     sel = select_highlights([], 99, 10, 20)
     assert sel.top == [] and np.isnan(sel.threshold)
+
+
+# ---- the summary a person reads, and the plot ---------------------------------------------------
+
+def _config(**settings):
+    from highlightsense.engine.config import Config
+
+    return Config(**settings)
+
+
+def test_fewer_than_top_n_says_which_percentile_gives_more():
+    from highlightsense.engine.selection import choose, summary
+
+    windows = random_windows(np.random.default_rng(4), 720)  # an hour: room for 20 apart
+    cfg = _config()
+    selection = choose(windows, cfg)
+    assert len(selection.top) < 20  # 8 windows at the 99th percentile, fewer after NMS
+    lines = summary(windows, selection, cfg)
+    note = next(line for line in lines if "--threshold-percentile" in line)
+    assert "fewer than --top-n 20" in note
+    suggested = float(note.split("--threshold-percentile ")[1].split()[0])
+    # What it suggests gives 20, and one percentile point stricter would not.
+    assert len(choose(windows, _config(threshold_percentile=suggested)).top) == 20
+    assert len(choose(windows, _config(threshold_percentile=suggested + 1)).top) < 20
+    assert not any("at most" in line for line in lines)
+
+
+def test_an_absolute_threshold_gets_the_threshold_that_gives_more():
+    from highlightsense.engine.selection import choose, summary
+
+    windows = random_windows(np.random.default_rng(5), 720)
+    cfg = _config(threshold=0.995)
+    lines = summary(windows, choose(windows, cfg), cfg)
+    note = next(line for line in lines if "--threshold " in line)
+    suggested = float(note.split("--threshold ")[1].split()[0])
+    assert len(choose(windows, _config(threshold=suggested)).top) == 20
+    assert len(choose(windows, _config(threshold=suggested + 0.02)).top) < 20
+
+
+def test_a_short_input_says_the_most_it_can_give():
+    from highlightsense.engine.selection import choose, summary
+
+    windows = random_windows(np.random.default_rng(6), 55)  # under 5 minutes
+    cfg = _config(threshold_percentile=0)
+    selection = choose(windows, cfg)
+    lines = summary(windows, selection, cfg)
+    most = len(selection.top)  # every window a candidate: what NMS leaves is the most
+    assert most < 20
+    assert any(f"holds at most {most} separate windows at --nms-window 10" in line
+               for line in lines), lines
+    # At the default percentile it says both: the most, and the percentile that gives it.
+    lines = summary(windows, choose(windows, _config()), _config())
+    assert any("at most" in line for line in lines)
+    assert any(f"gives {most}" in line for line in lines), lines
+
+
+def test_the_plot_keeps_its_legend_off_the_data_and_marks_the_clip_files():
+    from highlightsense.engine.selection import choose
+    from highlightsense.operators.sinks.plot import scores_figure
+
+    windows = random_windows(np.random.default_rng(7), 120)
+    selection = choose(windows, _config(threshold_percentile=90))
+    spans = [(w.start_sec - 1.5, w.end_sec) for w in selection.top]  # keyframes before
+    fig = scores_figure(windows, selection, "vod.mp4", spans, "90th percentile")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    axes_box, legend_box = ax.get_window_extent(), legend.get_window_extent()
+    assert legend_box.x0 >= axes_box.x1  # beside the axes, over no score
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert f"threshold {selection.threshold:.4f} (90th percentile)" in labels
+    assert "clip files" in labels
+    bands = list(ax.patches)  # a Polygon before matplotlib 3.9, a Rectangle since
+    assert len(bands) == len(spans)
+    for band, (start, end) in zip(bands, spans):
+        xs = band.get_patch_transform().transform(band.get_path().vertices)[:, 0]
+        assert min(xs) == pytest.approx(start / 60) and max(xs) == pytest.approx(end / 60)

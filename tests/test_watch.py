@@ -6,13 +6,14 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import av
 import numpy as np
 import pytest
 
-from highlightsense.benchmarks.hls_server import HlsMedia, HlsServer
+from highlightsense.benchmarks.hls_server import START_DATE, HlsMedia, HlsServer
 from highlightsense.benchmarks.media import read_frame_number, write_media
 from highlightsense.benchmarks.synth import SyntheticVod
 from highlightsense.engine import grid
@@ -29,6 +30,10 @@ from highlightsense.operators.select import WindowScore
 MOMENTS = [(40.0, 50.0), (95.0, 104.0)]
 THRESHOLD = 0.3
 W, S = grid.window_frames(30.0), grid.stride_frames(5.0)
+FIELDS = ["type", "id", "start_sec", "end_sec", "start_ts", "end_ts", "peak_sec", "confidence",
+          "threshold", "forced", "decided_at_sec", "delay_sec", "latency_sec", "emitted_at",
+          "source"]  # a highlight's line before broadcast times: these keep their places
+BROADCAST = ["broadcast_start_sec", "broadcast_end_sec", "start_utc", "end_utc"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +52,10 @@ def vod(tmp_path_factory):
 def server():
     with HlsServer() as s:
         yield s
+
+
+def utc(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def run_watch(url, tmp_path, **options):
@@ -70,6 +79,13 @@ def test_watch_on_a_live_stream_emits_what_detect_finds(vod, server, tmp_path):
     assert [(e["start_sec"], e["confidence"]) for e in in_order] == \
         [(round(w.start_sec, 3), w.confidence) for w in expected]
     for e in highlights:
+        assert list(e) == FIELDS + BROADCAST
+        # The playlist has program dates (joined at its first segment), not ELAPSED-SECS.
+        assert e["broadcast_start_sec"] is None and e["broadcast_end_sec"] is None
+        assert (utc(e["start_utc"]) - START_DATE).total_seconds() == \
+            pytest.approx(e["start_sec"], abs=0.05)
+        assert (utc(e["end_utc"]) - START_DATE).total_seconds() == \
+            pytest.approx(e["end_sec"], abs=0.05)
         assert not e["forced"] and e["threshold"] == THRESHOLD
         # Decided after the scorer's look-ahead (~62 s) and NMS, or at the stream's end.
         ended = e["decided_at_sec"] == pytest.approx(result.stream_sec, abs=0.01)
@@ -100,17 +116,77 @@ def test_watch_on_a_live_stream_emits_what_detect_finds(vod, server, tmp_path):
 
 def test_forced_decisions_are_marked_and_come_within_max_delay(vod, server, tmp_path):
     _, hls, _ = vod
-    urls = server.add_live("live", hls, speed=15, initial=1)
+    # A playlist that says nothing of the broadcast's time or the clock's.
+    urls = server.add_live("live", hls, speed=15, initial=1, dates=False)
     max_delay = 80.0  # the scorer needs ~62 s, NMS ~30 s more: forced before then
     result, lines = run_watch(urls["master"], tmp_path, max_delay_sec=max_delay)
     highlights = [e for e in lines if e["type"] == "highlight"]
     assert any(e["forced"] for e in highlights)
     for e in highlights:
+        assert list(e) == FIELDS + BROADCAST and all(e[k] is None for k in BROADCAST)
         # Checked as scores arrive (every 5 s) and every 0.25 s wall (3.75 s of stream at 15x).
         assert e["delay_sec"] <= max_delay + 12
         assert not e["forced"] or e["delay_sec"] >= max_delay
     for start, end in MOMENTS:
         assert any(e["start_sec"] < end and e["end_sec"] > start for e in highlights)
+
+
+def test_live_events_are_placed_in_the_broadcast_across_an_ad_break(vod, server, tmp_path):
+    """Twitch's tags on a sliding live window (EXT-X-TWITCH-ELAPSED-SECS of its first segment at
+    each reload, EXT-X-PROGRAM-DATE-TIME), joined two hours into the broadcast at the live edge,
+    with an ad break between the join and the first moment: stream time pauses over the ad,
+    while each event says where it lies in the broadcast and on the clock."""
+    _, hls, _ = vod
+    elapsed, date = 7200.0, datetime(2026, 3, 1, 18, 0, tzinfo=timezone.utc)  # of segment 0
+    ads = (6, 7)  # 24-32 s of the media, after the join and before the first moment
+    urls = server.add_live("twitch", hls, speed=25, initial=5, window=10, ads=ads,
+                           elapsed_sec=elapsed, start_date=date)
+    clock, joined = urls["clock"], threading.Event()
+    published = clock.available
+
+    def available():  # the broadcast runs on once watch has joined: the join is known
+        if not joined.is_set():
+            if not any(r.path.startswith("/twitch/a/") for r in list(server.requests)):
+                return clock.initial
+            joined.set()
+        return published()
+
+    clock.available = available
+    result, lines = run_watch(urls["master"], tmp_path, max_delay_sec=1000)
+    highlights = [e for e in lines if e["type"] == "highlight"]
+
+    # Where the stream began and what it left out, from the server's log.
+    taken = sorted(int(r.path.rsplit("/", 1)[1][:-3]) for r in server.requests
+                   if r.path.startswith("/twitch/a/"))
+    join = taken[0]
+    assert join == 1  # the live edge: 3 target durations (5 s) back from the 5 listed
+    assert taken == [i for i in range(join, len(hls.durations)) if i not in ads]
+    starts = np.concatenate([[0.0], np.cumsum(hls.durations)])
+    ad_at, ad_sec = starts[ads[0]], starts[ads[-1] + 1] - starts[ads[0]]
+
+    def media_sec(stream_sec, end=False):  # what the test built: the media's time of a moment
+        at = starts[join] + stream_sec
+        return at + ad_sec if (at > ad_at if end else at >= ad_at) else at
+
+    assert len(highlights) >= 2
+    for e in highlights:
+        assert list(e) == FIELDS + BROADCAST
+        start, end = media_sec(e["start_sec"]), media_sec(e["end_sec"], end=True)
+        assert e["broadcast_start_sec"] == pytest.approx(elapsed + start, abs=0.05)
+        assert e["broadcast_end_sec"] == pytest.approx(elapsed + end, abs=0.05)
+        assert (utc(e["start_utc"]) - date).total_seconds() == pytest.approx(start, abs=0.05)
+        assert (utc(e["end_utc"]) - date).total_seconds() == pytest.approx(end, abs=0.05)
+    for moment, _ in MOMENTS:
+        # Each planted moment, at its own broadcast time and date, is in an event's window.
+        moment_utc = date + timedelta(seconds=moment)
+        assert any(e["broadcast_start_sec"] <= elapsed + moment <= e["broadcast_end_sec"]
+                   and utc(e["start_utc"]) <= moment_utc <= utc(e["end_utc"])
+                   for e in highlights)
+    # The first moment's window holds the ad break: its broadcast span is the longer by the ad.
+    first = min(highlights, key=lambda e: e["start_sec"])
+    assert media_sec(first["start_sec"]) < ad_at < media_sec(first["end_sec"], end=True)
+    assert first["broadcast_end_sec"] - first["broadcast_start_sec"] == pytest.approx(
+        first["end_sec"] - first["start_sec"] + ad_sec, abs=0.05)
 
 
 def test_max_delay_forces_a_decision_while_the_source_stalls(vod, server):

@@ -8,14 +8,17 @@ Each clip is written under a temporary name and renamed into place only once com
 """
 import math
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
 
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.timecode import in_name
 from highlightsense.operators.sources.decode import audio_stream, is_cover_art, open_media
 
 # Audio codecs an .mp4 holds (and players play); others are re-encoded to AAC next to copied video.
@@ -394,20 +397,33 @@ def _fraction(seconds: float) -> Fraction:
     return Fraction(seconds).limit_denominator(10**9)
 
 
-def clip_name(rank: int, of: int | None = None) -> str:
-    """The name (cut_clip adds the extension) of the clip of the rank-th of `of` highlights:
-    highlight_01, highlight_02, ..., as many digits as `of` needs, at least 2. Without `of` (a
-    live watch, which cannot know how many will come): 4 digits, highlight_0001."""
+def clip_name(rank: int, start_sec: float, of: int | None = None) -> str:
+    """The name (cut_clip adds the extension) of the clip of the rank-th of `of` highlights,
+    with its window's start: highlight_01_0h12m03s, highlight_02_1h02m40s, ..., the rank with
+    as many digits as `of` needs, at least 2. Without `of` (a live watch, which cannot know how
+    many will come): 4 digits, highlight_0001_0h03m05s."""
     digits = 4 if of is None else max(2, len(str(of)))
-    return f"highlight_{rank:0{digits}d}"
+    return f"highlight_{rank:0{digits}d}_{in_name(start_sec)}"
+
+
+# Every name clip_name gives (and the names of versions before the start time was in them):
+# the only files in a clips folder this tool deletes when a new selection no longer names them.
+CLIP_NAME = re.compile(r"highlight_\d{2,}(_\d+h\d\dm\d\ds)?\.[A-Za-z0-9]{2,5}")
 
 
 def cut_clips(source, clips_dir, windows, origin_sec: float = 0.0, exact: bool = False,
-              stream_index: int | None = None) -> list[ClipResult]:
-    """Cut each (start, end) window into clips_dir/highlight_01.*, highlight_02.*, ... in the
-    order given. The source is opened once per clip: each cut seeks anyway, and closing between
-    clips keeps no decoder state from one to the next."""
+              stream_index: int | None = None,
+              before: Callable[[int, int], None] | None = None) -> list[ClipResult]:
+    """Cut each (start, end) window into clips_dir/highlight_01_<start>.*, highlight_02_... in
+    the order given; before(k, n) is told as the k-th of n begins. The source is opened once
+    per clip: each cut seeks anyway, and closing between clips keeps no decoder state from one
+    to the next."""
     clips_dir = Path(clips_dir)
-    return [cut_clip(source, clips_dir / clip_name(i, len(windows)), start, end,
-                     origin_sec=origin_sec, exact=exact, stream_index=stream_index)
-            for i, (start, end) in enumerate(windows, 1)]
+    results = []
+    for i, (start, end) in enumerate(windows, 1):
+        if before is not None:
+            before(i, len(windows))
+        results.append(cut_clip(source, clips_dir / clip_name(i, start, len(windows)), start,
+                                end, origin_sec=origin_sec, exact=exact,
+                                stream_index=stream_index))
+    return results

@@ -9,7 +9,15 @@ Event types:
   highlight  id, start_sec, end_sec, start_ts, end_ts, peak_sec, confidence, threshold, forced,
              decided_at_sec (stream time received when decided), delay_sec (decided_at_sec -
              end_sec: how far the stream had run past the window), latency_sec (wall seconds from
-             the arrival of the window's last audio to this event), emitted_at (UTC), source
+             the arrival of the window's last audio to this event), emitted_at (UTC), source,
+             broadcast_start_sec, broadcast_end_sec (seconds since the broadcast began, where
+             its VOD has the window: Twitch's EXT-X-TWITCH-ELAPSED-SECS; null where the playlist
+             does not say), start_utc, end_utc (ISO 8601, from EXT-X-PROGRAM-DATE-TIME; null
+             without it). Stream time (start_sec ...) counts the audio as received, from the
+             join, and pauses over skipped ads; broadcast time and UTC run on, so each end maps
+             through the segment that holds it (an ad break inside a window makes its broadcast
+             span longer than end_sec - start_sec). The fields after `source` came last, so
+             the earlier ones keep their places.
   clip       id (the highlight's), path, start_sec, end_sec (as written), mode, note
 """
 import json
@@ -22,15 +30,20 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Optional, TextIO, Union
+from typing import Optional, TextIO, Tuple, Union
 
 from highlightsense.engine.timecode import hms
 
 log = logging.getLogger("highlightsense")
 
 
+def _iso(moment: datetime) -> str:
+    return (moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"))
+
+
 def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso(datetime.now(timezone.utc))
 
 
 @dataclass(frozen=True)
@@ -51,14 +64,24 @@ class HighlightEvent:
     latency_sec: Optional[float]
     emitted_at: str
     source: str
+    broadcast_start_sec: Optional[float] = None
+    broadcast_end_sec: Optional[float] = None
+    start_utc: Optional[str] = None
+    end_utc: Optional[str] = None
 
     type = "highlight"  # not a field: the first key of the line
 
     @classmethod
-    def of(cls, decision, id: int, latency_sec: Optional[float], source: str) -> "HighlightEvent":
+    def of(cls, decision, id: int, latency_sec: Optional[float], source: str,
+           start_at: Tuple[Optional[float], Optional[datetime]] = (None, None),
+           end_at: Tuple[Optional[float], Optional[datetime]] = (None, None)
+           ) -> "HighlightEvent":
         """The event of an online_select.Decision, emitted now; latency_sec: wall seconds since
-        the window's last audio arrived (None when no longer known)."""
+        the window's last audio arrived (None when no longer known); start_at, end_at: the
+        window's ends as (broadcast seconds, UTC), each None where unknown
+        (hls_source.BroadcastTimes.at)."""
         w = decision.window
+        (b_start, u_start), (b_end, u_end) = start_at, end_at
         return cls(id=id, start_sec=round(w.start_sec, 3), end_sec=round(w.end_sec, 3),
                    start_ts=hms(w.start_sec), end_ts=hms(w.end_sec),
                    peak_sec=round(w.peak_sec, 3), confidence=w.confidence,
@@ -66,7 +89,11 @@ class HighlightEvent:
                    decided_at_sec=round(decision.decided_at_sec, 3),
                    delay_sec=round(decision.delay_sec, 3),
                    latency_sec=round(latency_sec, 3) if latency_sec is not None else None,
-                   emitted_at=_iso_now(), source=source)
+                   emitted_at=_iso_now(), source=source,
+                   broadcast_start_sec=round(b_start, 3) if b_start is not None else None,
+                   broadcast_end_sec=round(b_end, 3) if b_end is not None else None,
+                   start_utc=_iso(u_start) if u_start is not None else None,
+                   end_utc=_iso(u_end) if u_end is not None else None)
 
     def to_json(self) -> dict:
         return {"type": self.type, **asdict(self)}

@@ -34,9 +34,10 @@ from highlightsense.operators.sources.hls_source import TimelineEntry, stream_to
 log = logging.getLogger("highlightsense")
 
 
-def clip_stems(clips_dir, count: int) -> List[Path]:
-    """clips_dir/highlight_01, _02, ... as cut_clips names them."""
-    return [Path(clips_dir) / clip_name(i, count) for i in range(1, count + 1)]
+def clip_stems(clips_dir, windows: Sequence[Tuple[float, float]]) -> List[Path]:
+    """clips_dir/highlight_01_<start>, _02_<start>, ... as cut_clips names them."""
+    return [Path(clips_dir) / clip_name(i, start, len(windows))
+            for i, (start, _) in enumerate(windows, 1)]
 
 
 def cut_from_segments(data: Sequence[bytes], stem: Path, start_sec: float, end_sec: float,
@@ -61,26 +62,34 @@ def cut_from_segments(data: Sequence[bytes], stem: Path, start_sec: float, end_s
 def cut_url_clips(url: str, clips_dir, windows: Sequence[Tuple[float, float]], origin_sec: float,
                   timeline: Optional[list], exact: bool = False,
                   stream_index: Optional[int] = None, parallel: int = 4,
-                  policy: Optional[FetchPolicy] = None, resolution=None) -> List[ClipResult]:
-    """`detect URL`'s clips: each (start, end) of stream time into clips_dir/highlight_NN.*,
-    from yt-dlp's "best" format of url (its audio format when it has no video)."""
+                  policy: Optional[FetchPolicy] = None, resolution=None,
+                  before: Optional[Callable[[int, int], None]] = None) -> List[ClipResult]:
+    """`detect URL`'s clips: each (start, end) of stream time into
+    clips_dir/highlight_NN_<start>.*, from yt-dlp's "best" format of url (its audio format when
+    it has no video); before(k, n) is told as the k-th of n begins."""
     from highlightsense.operators.sources.resolve import resolve
 
     resolution = resolution or resolve(url)
     stream = resolution.video or resolution.audio
     policy = stream.policy(policy)
-    stems = clip_stems(clips_dir, len(windows))
+    stems = clip_stems(clips_dir, windows)
+    told = before or (lambda k, n: None)
     if stream.protocol == "http":
         same = stream.url == resolution.audio.url
-        return [cut_clip(HttpFile(stream.url, policy), stem, s, e, origin_sec=origin_sec,
-                         exact=exact, stream_index=stream_index if same else None)
-                for stem, (s, e) in zip(stems, windows)]
+        results = []
+        for k, (stem, (s, e)) in enumerate(zip(stems, windows), 1):
+            told(k, len(windows))
+            results.append(cut_clip(HttpFile(stream.url, policy), stem, s, e,
+                                    origin_sec=origin_sec, exact=exact,
+                                    stream_index=stream_index if same else None))
+        return results
     if not timeline:
         raise HighlightSenseError(f"no timeline for {url}: run detect on it again to cut clips")
     timeline = [e if isinstance(e, TimelineEntry) else TimelineEntry(**e) for e in timeline]
     playlist = load_media_playlist(stream.url, policy, "video")
     results = []
-    for stem, (s, e) in zip(stems, windows):
+    for k, (stem, (s, e)) in enumerate(zip(stems, windows), 1):
+        told(k, len(windows))
         entry = stream_to_container(timeline, s)
         segments = _covering(playlist, entry, s, e)
         if not segments:
@@ -209,7 +218,7 @@ class SegmentBuffer:
 
 class LiveClips:
     """`watch`'s clips: one for each highlight as it is decided, cut from a SegmentBuffer in a
-    thread of its own, in order, into clips_dir/highlight_0001.* (the highlight's id).
+    thread of its own, in order, into clips_dir/highlight_0001_<start>.* (the highlight's id).
     on_clip(id, ClipResult) is called (from that thread) for each clip written; a highlight the
     buffer cannot give a clip for is a warning. `info` is the analysed source's SourceInfo: its
     timeline maps stream time to the video's timestamps. start(), then add() per highlight, then
@@ -240,8 +249,8 @@ class LiveClips:
             highlight_id, start_sec, end_sec = job
             try:
                 entry = stream_to_container(self.info.timeline, start_sec)
-                result = self.buffer.cut(self.clips_dir / clip_name(highlight_id), start_sec,
-                                         end_sec, entry, exact=self.exact)
+                stem = self.clips_dir / clip_name(highlight_id, start_sec)
+                result = self.buffer.cut(stem, start_sec, end_sec, entry, exact=self.exact)
             except HighlightSenseError as e:
                 log.warning("no clip for highlight %d: %s", highlight_id, e)
                 continue

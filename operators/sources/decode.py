@@ -12,7 +12,19 @@ first run's resampler passed through the same phase: a multiple of input_rate / 
 44100) input samples after that one began. Timestamps alone cannot place a sample (Matroska's are
 whole milliseconds), so the first run notes `sync_points` as it goes, each a frame's exact
 timestamp with the count of input samples its resampler had taken before that frame; a restart
-seeks to one and finds that frame again by its timestamp.
+finds that frame again by its timestamp.
+
+Only a few decoders give after a seek the very samples they give in a decode from the start:
+SEEKS_EXACTLY lists those, each proven by a test with noisy, low-bitrate input (tests/test_resume
+.py). Others carry state across every frame since they opened, which a seek does not restore:
+AAC's noise substitution (PNS) and AC-3's dither draw from a generator that runs from the first
+frame, and Opus in its SILK modes, MP2 and WMA differ after a seek too. Their samples after a
+seek are other ones, and through the whole stream's dB reference every later window moves. So
+for any decoder not listed a restart feeds the decoder every packet from the stream's start,
+leaving its state the uninterrupted decode's, but resamples and hands on nothing before the
+sync point: the resampler begins there in phase, as after a seek. The output is then
+bit-identical to an uninterrupted decode's, and decoding alone runs near 900x realtime for
+48 kHz AAC (benchmarks/resume_cost.py: 7.6 s to resume 1:55:00 into a file).
 """
 import logging
 import os
@@ -126,6 +138,11 @@ SYNC_EVERY_SEC = 5.0  # how often a decode notes a sync point
 # arrives, and begins at a sync point at least RESAMPLER_SETTLE output samples before its start.
 SEEK_BACK_SEC = 2.0
 RESAMPLER_SETTLE = AUDIO_RATE // 10
+# Decoders (AVCodec names) that restart exactly after a seek: each one is in
+# tests/test_resume.py::test_decoders_allowed_to_seek_restart_exactly. Any other restarts by
+# decoding from the stream's start (see the module).
+SEEKS_EXACTLY = frozenset({"pcm_s16le", "pcm_s24le", "pcm_f32le", "flac", "alac", "mp3float",
+                           "vorbis"})
 
 
 class AudioDecoder(Source):
@@ -146,7 +163,10 @@ class AudioDecoder(Source):
         self.info = SourceInfo(path=self.path, start_sample=start_sample,
                                sync_points=[tuple(p) for p in sync_points or ()])
         self.start_sample = start_sample
-        self.decoded_from = 0  # the stream sample decoding really began at (restarts begin early)
+        self.decoded_from = 0  # the stream sample resampling began at (restarts begin early)
+        # How a restart began: "seek", "skip" (decoded from the start, resampled from a sync
+        # point) or "full" (decoded and resampled from the start); None when not restarted.
+        self.restarted_by = None
         self._taken = 0  # input samples the current resampler has taken
         self._resampler_out = 0  # stream sample the current resampler began at
         self._next_sync = 0  # input samples (of this resampler) at which to note the next one
@@ -279,7 +299,7 @@ class AudioDecoder(Source):
         frame, frames = self._first, self._frames
         self._first = None
         if self.start_sample > 0:
-            frame, frames, resampler, expected = self._restart()
+            frame, frames, resampler, expected = self._restart(frame, frames)
         while frame is not None:
             t = _seconds(frame.pts, frame.time_base or self.stream.time_base)
             dur = frame.samples / frame.sample_rate
@@ -333,17 +353,34 @@ class AudioDecoder(Source):
 
     # -- restarting -------------------------------------------------------------------------------
 
-    def _restart(self):
+    def _restart(self, frame, frames):
         """Set up decoding so that the output from start_sample on is exactly an uninterrupted
-        decode's. Returns (frame, frames, resampler, expected) for _chunks."""
+        decode's, given the first frame and the rest. Returns (frame, frames, resampler,
+        expected) for _chunks."""
         usable = [p for p in self.info.sync_points
                   if p[2] + p[1] * AUDIO_RATE // self.input_rate
                   <= self.start_sample - RESAMPLER_SETTLE]
-        for pts, taken, began in reversed(usable[-3:]):  # a few tries, latest first
+        # A seek needs room before the sync frame for the codec to settle.
+        seekable = [p for p in usable[-3:] if self.info.codec in SEEKS_EXACTLY
+                    and self._seek_sec(p[0]) > self.info.origin_sec]
+        for pts, taken, began in reversed(seekable):  # a few tries, latest first
             found = self._seek_to_sync(pts, taken, began)
             if found is not None:
+                self.restarted_by = "seek"
+                return found
+        if usable and not seekable:  # nothing was seeked: the frames are still the first ones
+            pts, taken, began = usable[-1]
+            log.info("%s: decoding %s from the start again (its decoder's state depends on "
+                     "every frame before), resampling from %s", self.path, self.info.codec,
+                     hms((began + taken * AUDIO_RATE // self.input_rate) / AUDIO_RATE))
+            found = self._skip_to_sync(frame, frames, usable)
+            if found is not None:
+                self.restarted_by = "skip"
                 return found
         return self._from_the_start()
+
+    def _seek_sec(self, pts: int) -> float:
+        return float(pts * self.stream.time_base) - SEEK_BACK_SEC
 
     def _from_the_start(self):
         """Decode from the first frame again, dropping what comes before start_sample."""
@@ -353,17 +390,39 @@ class AudioDecoder(Source):
             self.stream = audio_stream(self.container, self.path, self._stream_index)
         frames = self._decoded_frames()
         self.decoded_from = 0
+        self.restarted_by = "full"
         return next(frames, None), frames, None, None
+
+    def _skip_to_sync(self, frame, frames, sync_points):
+        """Decode every frame from the first, resampling none, up to the last of `sync_points`.
+        The frames are the first run's, so each sync point's frame is found again in turn: by its
+        timestamp, and where it shares a resampler with the one before, by the input samples
+        between them too (timestamps can repeat where a stream's clock jumped back). None when
+        one is missing (then the caller decodes everything again)."""
+        rate = self.input_rate
+        points = iter(sync_points)
+        target, previous, since = next(points), None, 0
+        while frame is not None:
+            if self._incident:
+                self._report()
+            if frame.pts == target[0] and (
+                    previous is None or target[2] != previous[2] or target[1] <= previous[1]
+                    or since == target[1] - previous[1]):
+                previous, since, target = target, 0, next(points, None)
+                if target is None:
+                    break
+            since += frame.samples
+            frame = next(frames, None)
+        if frame is None or frame.sample_rate != rate:
+            return None
+        _, taken, began = previous
+        return self._begin_in_phase(frame, frames, taken, began)
 
     def _seek_to_sync(self, pts: int, taken: int, began: int):
         rate = self.input_rate
-        step = rate // math.gcd(rate, AUDIO_RATE)  # input samples per whole number of outputs
         time_base = self.stream.time_base
-        seek_sec = float(pts * time_base) - SEEK_BACK_SEC
-        if seek_sec <= self.info.origin_sec:
-            return None  # no room for the codec to settle: decode from the start
         with self._lock:
-            self.container.seek(int(seek_sec * av.time_base), backward=True)
+            self.container.seek(int(self._seek_sec(pts) * av.time_base), backward=True)
         frames = self._decoded_frames()
         frame = next(frames, None)
         if frame is None or frame.pts is None or frame.pts >= pts:
@@ -381,15 +440,24 @@ class AudioDecoder(Source):
                 taken += int(ahead)
                 break
             frame = next(frames, None)
-        # Begin the resampler at the first input sample in phase with the first run's.
+        if frame is None or frame.sample_rate != rate:
+            return None
+        return self._begin_in_phase(frame, frames, taken, began)
+
+    def _begin_in_phase(self, frame, frames, taken: int, began: int):
+        """From `frame`, which the first run's resampler (begun at stream sample `began`) took
+        after `taken` input samples: begin the resampler at the first input sample in phase
+        with that one's."""
+        rate = self.input_rate
+        step = rate // math.gcd(rate, AUDIO_RATE)  # input samples per whole number of outputs
         begin = -(-taken // step) * step
         while frame is not None and taken + frame.samples <= begin:
             taken += frame.samples
             frame = next(frames, None)
-        if frame is None or frame.sample_rate != rate:
+        if frame is None or frame.sample_rate != rate or frame.pts is None:
             return None
         skip = begin - taken
-        t = _seconds(frame.pts, frame.time_base or time_base) + skip / rate
+        t = _seconds(frame.pts, frame.time_base or self.stream.time_base) + skip / rate
         frame = _drop_leading(frame, skip)
         self._out = began + begin // step * (AUDIO_RATE // math.gcd(rate, AUDIO_RATE))
         self.decoded_from = self._out

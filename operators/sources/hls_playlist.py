@@ -4,7 +4,9 @@ Master playlists: variants (EXT-X-STREAM-INF) and renditions (EXT-X-MEDIA); for 
 takes an audio rendition, else an audio-only variant (CODECS all audio, or Twitch's
 VIDEO="audio_only"), else the smallest variant; for video the largest variant with video. Media
 playlists: VOD, EVENT or sliding live windows, EXT-X-DISCONTINUITY(-SEQUENCE), EXT-X-BYTERANGE,
-EXT-X-MAP, EXT-X-PROGRAM-DATE-TIME, EXT-X-ENDLIST. Encrypted segments are refused.
+EXT-X-MAP, EXT-X-PROGRAM-DATE-TIME, EXT-X-ENDLIST, and Twitch's EXT-X-TWITCH-ELAPSED-SECS (the
+broadcast time of the playlist's first segment: each segment's `broadcast_sec` follows from it).
+Encrypted segments are refused.
 
 Ads. A segment the playlist marks as an inserted ad is flagged (`Segment.ad`; the reader skips
 it). Recognised marks:
@@ -37,6 +39,9 @@ class Segment:
     init: Optional[Tuple[str, Optional[Tuple[int, int]]]] = None  # EXT-X-MAP (uri, byterange)
     date: Optional[datetime] = None
     ad: bool = False
+    # Seconds since the broadcast began, at the segment's start (EXT-X-TWITCH-ELAPSED-SECS of
+    # the playlist it was parsed from, plus the durations before it); None without the tag.
+    broadcast_sec: Optional[float] = None
 
 
 @dataclass
@@ -46,6 +51,7 @@ class MediaPlaylist:
     segments: List[Segment]
     ended: bool
     kind: Optional[str] = None  # VOD, EVENT or None
+    elapsed_sec: Optional[float] = None  # EXT-X-TWITCH-ELAPSED-SECS: broadcast time of segment 0
 
     @property
     def duration_sec(self) -> float:
@@ -153,6 +159,7 @@ def _parse_master(lines: List[str], url: str) -> MasterPlaylist:
 
 def _parse_media(lines: List[str], url: str) -> MediaPlaylist:
     target, sequence, disc, ended, kind = 0.0, 0, 0, False, None
+    elapsed = None
     segments: List[Segment] = []
     ad_ranges = []  # (start, end) program dates of stitched ads
     duration = title = None
@@ -173,6 +180,11 @@ def _parse_media(lines: List[str], url: str) -> MediaPlaylist:
             kind = value.strip().upper()
         elif tag == "#EXT-X-ENDLIST":
             ended = True
+        elif tag == "#EXT-X-TWITCH-ELAPSED-SECS":
+            try:
+                elapsed = float(value)
+            except ValueError:
+                elapsed = None  # unreadable: as if absent (broadcast times unknown)
         elif tag == "#EXT-X-DISCONTINUITY":
             discontinuity_pending = True
         elif tag == "#EXTINF":
@@ -223,8 +235,20 @@ def _parse_media(lines: List[str], url: str) -> MediaPlaylist:
     for s in segments:  # DATERANGE tags may come anywhere: match them once all are read
         if s.date is not None and any(a <= s.date < b for a, b in ad_ranges):
             s.ad = True
+    if elapsed is not None:
+        # ELAPSED-SECS plus the listed durations, not the differences of the program dates:
+        # ELAPSED-SECS counts media seconds, as EXTINF does (and as the VOD's position does),
+        # while PROGRAM-DATE-TIME is a wall-clock stamp that need not advance with the media
+        # (an ingest clock's jump or drift, a broadcast's reconnection) and may be missing
+        # where ELAPSED-SECS is there. Ad segments count too: a stitched ad stands in for the
+        # broadcast of its length. Each reload anchors afresh at its own first segment, so an
+        # error in the durations spans at most one playlist window.
+        at = elapsed
+        for s in segments:
+            s.broadcast_sec = at
+            at += s.duration
     return MediaPlaylist(url, target or max((s.duration for s in segments), default=6.0),
-                         segments, ended, kind)
+                         segments, ended, kind, elapsed)
 
 
 def load_playlist(url: str, policy: FetchPolicy) -> Union[MasterPlaylist, MediaPlaylist]:
