@@ -113,6 +113,8 @@ def _highest(values: Sequence[float], gives_enough) -> float:
             hi = mid
         else:
             lo = mid + 1
+    while not gives_enough(values[lo]):  # where the count dipped: lower until it holds
+        lo += 1
     return values[lo]
 
 
@@ -208,9 +210,8 @@ def remove_stale_clips(clips_dir: Path, keep: set) -> None:
         clips_dir.rmdir()
 
 
-def last_settings(out_dir: Path) -> Dict:
-    """The selection settings the folder's last run chose with (its highlights.json), which
-    `select` starts from; refuses a folder that holds no finished run."""
+def _finished_summary(out_dir: Path) -> Dict:
+    """The folder's highlights.json; refuses a folder that holds no finished run."""
     out_dir = Path(out_dir)
     if not out_dir.exists():
         raise HighlightSenseError(f"no such folder: {out_dir}; give the --out folder of a "
@@ -222,16 +223,21 @@ def last_settings(out_dir: Path) -> Dict:
         raise HighlightSenseError(
             f"{out_dir} holds no finished detect run (no {tables.SCORES_CSV} and "
             f"{tables.SUMMARY_JSON}); run `highlightsense detect INPUT --out {out_dir}` first")
-    saved = tables.read_summary(out_dir).get("settings", {})
+    return tables.read_summary(out_dir)
+
+
+def last_settings(out_dir: Path) -> Dict:
+    """The selection settings the folder's last run chose with (its highlights.json), which
+    `select` starts from; refuses a folder that holds no finished run."""
+    saved = _finished_summary(out_dir).get("settings", {})
     return {k: saved[k] for k in SELECTION_KEYS if k in saved}
 
 
 def reselect(out_dir: Path, cfg: Config) -> Outcome:
     """`select`: selection and clips again from saved scores, without touching the audio."""
     out_dir = Path(out_dir)
-    last_settings(out_dir)  # a folder with a finished run
+    saved = _finished_summary(out_dir)
     windows = tables.read_scores(out_dir)
-    saved = tables.read_summary(out_dir)
     info = {k: v for k, v in saved.items() if k not in _RESULT_KEYS}
     # The scores fix the windows: keep the window settings they were computed with.
     settings = saved.get("settings", {})
