@@ -2,7 +2,9 @@
 
 detect INPUT --out DIR   find the highlights of a media file or URL and cut them as clips
 select OUT_DIR           choose again from the saved scores (new threshold, top N, NMS window)
+export DIR --format F    write a finished run's highlights as an editor's timeline
 watch URL                follow a live stream; emit each highlight as an event as it happens
+review OUT_DIR           a local page: the scores, the threshold to drag, play and keep/drop
 demo [--out DIR]         make a sample VOD with known moments and run detect on it
 bench                    measure the pipeline (per stage), or compare it with the notebook's way
 
@@ -94,6 +96,9 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
     cuts.add_argument("--copy-cuts", dest="exact_cuts", action="store_const", const=False,
                       help="stream-copy clips (the default; undoes a folder's last "
                            "--exact-cuts)")
+    p.add_argument("--export", type=_formats, metavar="F[,F...]",
+                   help="also write the highlights as an editor's timeline in the folder "
+                        "(timeline.<ext>): " + ", ".join(_FORMAT_NAMES))
     _shared(p, "-q", "--quiet")
 
 
@@ -193,7 +198,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir", metavar="OUT_DIR", help="the --out folder of a detect run")
     _selection_flags(s)
 
+    _export_parser(sub)
     _watch_parser(sub)
+    r = sub.add_parser("review", help="look at a finished run's highlights in the browser, "
+                                      "keep or drop them", description=(
+        "Serve a local page (127.0.0.1, a free port) over a finished run's folder: the score "
+        "curve with the threshold to drag (the server chooses as `select` does), each "
+        "highlight playable in place, keep/drop and a note saved to OUT_DIR/review.json, and "
+        "buttons that cut the kept ones, write labels.csv or export a timeline."))
+    r.add_argument("out_dir", metavar="OUT_DIR", help="the --out folder of a detect run")
+    r.add_argument("--no-browser", dest="browser", action="store_false",
+                   help="print the URL only; do not open a browser")
+    r.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    _shared(r, "-q", "--quiet")
     # Measurement code: benchmarks/bench.py declares its flags, imported only for `bench`.
     sub.add_parser("bench", declare=_declare_bench, help="measure the engine (per stage, end to "
                                                          "end), or compare with the notebook's way")
@@ -219,6 +236,58 @@ def config_flags(p: Optional[argparse.ArgumentParser] = None) -> Dict[str, Dict[
     return {name: {a.option_strings[-1]: a.dest for a in command._actions
                    if a.dest in CONFIG_KEYS and a.option_strings}
             for name, command in commands.items() if name != "bench"}
+
+
+_FORMAT_NAMES = ("fcpxml", "fcp7xml", "edl", "otio", "mlt", "chapters", "csv-segments")
+
+
+def _formats(text: str) -> List[str]:
+    from highlightsense.operators.sinks.timelines import parse_formats
+
+    try:
+        return parse_formats(text)
+    except HighlightSenseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _export_parser(sub) -> None:
+    e = sub.add_parser("export", help="write a finished run's highlights as an editor's timeline",
+                       description=(
+        "Write the chosen highlights of a finished run (DIR) as a timeline for an editor: "
+        "fcpxml (Final Cut Pro, DaVinci Resolve), fcp7xml (Premiere Pro, Resolve), edl (CMX "
+        "3600), otio (OpenTimelineIO), mlt (Shotcut, Kdenlive), chapters (YouTube chapter "
+        "lines) or csv-segments (LosslessCut). Times are in the source's frames; highlights "
+        "the review dropped (DIR/review.json) are left out unless --all."))
+    e.add_argument("out_dir", metavar="DIR", help="the --out folder of a detect run")
+    e.add_argument("--format", dest="formats", type=_formats, required=True,
+                   metavar="F[,F...]", help=", ".join(_FORMAT_NAMES))
+    e.add_argument("--to", metavar="PATH",
+                   help="one format: the file; several: a folder of timeline.<ext> "
+                        "(default: DIR/timeline.<ext>)")
+    e.add_argument("--order", dest="timeline_order", choices=("rank", "time"),
+                   help="clips on the timeline best first or in time order (default: the "
+                        "folder's last selection's order)")
+    e.add_argument("--media", choices=("source", "clips"), default="source",
+                   help="point the timeline at the source (default) or at the clip files")
+    e.add_argument("--all", dest="all_highlights", action="store_true",
+                   help="export every highlight, ignoring the review's keep/drop decisions")
+    _shared(e, "-q", "--quiet")
+
+
+def _export_to(out_dir, formats, to=None, order=None, media="source", all_=False) -> None:
+    from highlightsense.operators.sinks.timelines import export_run
+
+    done = export_run(out_dir, formats, to=to, order=order, media=media, all_=all_)
+    for note in done.notes:
+        log.info("note: %s", note)
+    for fmt, path in done.paths.items():
+        log.info("%s: %s (%d highlights)", fmt, path, done.count)
+
+
+def _export(args) -> int:
+    _export_to(args.out_dir, args.formats, args.to, args.timeline_order, args.media,
+               args.all_highlights)
+    return 0
 
 
 def _watch_parser(sub) -> None:
@@ -316,6 +385,8 @@ def _detect(args) -> int:
     print("\n".join(result.summary))
     print_table(result.highlights)
     print(f"outputs in {result.out_dir}")
+    if args.export:
+        _export_to(result.out_dir, args.export)
     return 0
 
 
@@ -340,6 +411,8 @@ def _select(args) -> int:
     outcome = reselect(args.out_dir, cfg)
     print("\n".join(outcome.summary))
     print_table(outcome.highlights)
+    if args.export:
+        _export_to(args.out_dir, args.export)
     return 0
 
 
@@ -362,6 +435,12 @@ def _watch(args) -> int:
     return 0
 
 
+def _review(args) -> int:
+    from highlightsense.engine.review import serve
+
+    return serve(args.out_dir, open_browser=args.browser, port=args.port)
+
+
 def _demo(args) -> int:
     from highlightsense.benchmarks.demo import run_demo
 
@@ -380,8 +459,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        code = {"detect": _detect, "select": _select, "watch": _watch,
-                "demo": _demo, "bench": _bench}[args.command](args)
+        code = {"detect": _detect, "select": _select, "export": _export, "watch": _watch,
+                "review": _review, "demo": _demo, "bench": _bench}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
         return code
     except HighlightSenseError as e:

@@ -155,6 +155,10 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
             "gaps_filled_sec": info.gaps_filled_sec,
             "wall_sec": metrics.wall_sec,
         }
+        if os.path.isfile(input_path):  # the video's frame rate and start, for export
+            from highlightsense.operators.sinks.timelines import media_record, probe
+
+            record.info["video"] = media_record(probe(input_path))
         if info.timeline is not None:  # HLS: stream time to each run's timestamps, for clips
             record.info["timeline"] = [vars(e) for e in info.timeline]
         if scorer.whole_stream_reference:

@@ -267,7 +267,9 @@ def test_every_config_flag_reaches_config(tmp_path):
     from highlightsense.engine.config import Config
 
     table = cli.config_flags()
-    assert set(table) == set(CONFIG_COMMANDS) | {"demo"} and table["demo"] == {}
+    # The other commands (demo, export, review) read no Config: no flag of theirs sets a key.
+    assert set(table) >= set(CONFIG_COMMANDS) | {"demo"}
+    assert all(table[name] == {} for name in set(table) - set(CONFIG_COMMANDS))
     # The keys the hand-kept tuple listed before, all still settable by a flag.
     assert set().union(*(t.values() for t in table.values())) == {
         "window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n", "clips",

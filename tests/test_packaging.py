@@ -83,6 +83,9 @@ def test_wheel_contents(dist):
             if "__pycache__" not in sub.parts:
                 assert sub.parent in mapped, f"{sub.parent.relative_to(ROOT)} is in no package"
     assert "highlightsense/configs/default.yaml" in expected
+    # The review page: package data in a folder (the loop above sees package folders only).
+    page = ROOT / "operators" / "sinks" / "review_page"
+    expected |= {f"highlightsense/operators/sinks/review_page/{p.name}" for p in page.iterdir()}
     assert "highlightsense/engine/cli.py" in expected
     missing = sorted(expected - names)
     assert not missing, f"not in the wheel: {missing}"
