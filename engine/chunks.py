@@ -1,7 +1,7 @@
 """Typed chunks that flow between operators. Each carries its stream time, so any output traces
 back to seconds of the source: audio by sample index at its rate, frames by index on the seed's
 grid (engine.grid), windows by their first and last frame."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -23,6 +23,7 @@ from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.memory import tune_malloc
 from highlightsense.engine.progress import in_kernel
 from highlightsense.engine.timecode import hms
+from highlightsense.operators.sinks.timelines import FORMATS, parse_formats
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -98,7 +99,7 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
                            "--exact-cuts)")
     p.add_argument("--export", type=_formats, metavar="F[,F...]",
                    help="also write the highlights as an editor's timeline in the folder "
-                        "(timeline.<ext>): " + ", ".join(_FORMAT_NAMES))
+                        "(timeline.<ext>): " + ", ".join(FORMATS))
     _shared(p, "-q", "--quiet")
 
 
@@ -238,12 +239,7 @@ def config_flags(p: Optional[argparse.ArgumentParser] = None) -> Dict[str, Dict[
             for name, command in commands.items() if name != "bench"}
 
 
-_FORMAT_NAMES = ("fcpxml", "fcp7xml", "edl", "otio", "mlt", "chapters", "csv-segments")
-
-
 def _formats(text: str) -> List[str]:
-    from highlightsense.operators.sinks.timelines import parse_formats
-
     try:
         return parse_formats(text)
     except HighlightSenseError as e:
@@ -260,7 +256,7 @@ def _export_parser(sub) -> None:
         "the review dropped (DIR/review.json) are left out unless --all."))
     e.add_argument("out_dir", metavar="DIR", help="the --out folder of a detect run")
     e.add_argument("--format", dest="formats", type=_formats, required=True,
-                   metavar="F[,F...]", help=", ".join(_FORMAT_NAMES))
+                   metavar="F[,F...]", help=", ".join(FORMATS))
     e.add_argument("--to", metavar="PATH",
                    help="one format: the file; several: a folder of timeline.<ext> "
                         "(default: DIR/timeline.<ext>)")
@@ -391,16 +387,10 @@ def _detect(args) -> int:
 
 
 def _select(args) -> int:
-    from highlightsense.engine.config import given_keys
-    from highlightsense.engine.selection import last_settings, reselect, settings_words
+    from highlightsense.engine.selection import reselect, select_config, settings_words
 
     overrides = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
-    given = given_keys(args.config, overrides)
-    if "threshold_percentile" in given:
-        given.add("threshold")  # a percentile given clears the folder's absolute threshold
-    # The folder's last settings, for what this command leaves unset.
-    taken = {k: v for k, v in last_settings(args.out_dir).items() if k not in given}
-    cfg = load_config(args.config, overrides, beneath=taken)
+    cfg, taken = select_config(args.out_dir, args.config, overrides)
     defaults = Config()
     shown = {k: v for k, v in taken.items()
              if v != getattr(defaults, k) and k not in ("window_sec", "stride_sec")}

@@ -33,16 +33,16 @@ import shutil
 import socket
 import tempfile
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from highlightsense.engine.config import Config, given_keys, load_config
+from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import write_text
 from highlightsense.engine import selection as sel
 from highlightsense.operators.sinks import tables
-from highlightsense.operators.sinks.decisions import REVIEW_JSON
+from highlightsense.operators.sinks.decisions import REVIEW_JSON, read_review
+from highlightsense.operators.sinks.timelines import FORMATS, export_run, parse_formats
 
 log = logging.getLogger("highlightsense")
 
@@ -121,24 +121,16 @@ class Review:
         return "source" if src.suffix.lower() in PLAYABLE else "window"
 
     def config(self, given: Optional[dict] = None) -> Config:
-        """The settings `select` would run with, given these flags (as cli._select builds them:
-        the folder's last settings beneath, a percentile given clears an absolute threshold)."""
+        """The settings `select` would run with, given these of the page's settings."""
         overrides = {k: v for k, v in (given or {}).items()
                      if k in ("threshold", "threshold_percentile", "top_n", "nms_window")}
-        keys = given_keys(None, overrides)
-        if "threshold_percentile" in keys:
-            keys.add("threshold")
         with self.lock:  # apply (select) replaces highlights.json
-            last = sel.last_settings(self.out_dir)
-            settings = self.summary().get("settings", {})  # reselect keeps the scores' windows
-        taken = {k: v for k, v in last.items() if k not in keys}
-        cfg = load_config(None, overrides, beneath=taken)
-        return replace(cfg, **{k: settings[k] for k in ("window_sec", "stride_sec")
-                               if k in settings})
+            return sel.select_config(self.out_dir, None, overrides)[0]
 
     def state(self) -> dict:
         with self.lock:
             saved = self.summary()
+            cfg = self.config()
             rows = saved.get("highlights", [])
             return {
                 "source": saved["source"], "name": Path(saved["source"]).name,
@@ -146,12 +138,11 @@ class Review:
                 "has_video": saved.get("has_video", False),
                 "windows": [[w.start_sec, w.end_sec, w.confidence] for w in self.windows],
                 "settings": saved.get("settings", {}), "threshold": saved.get("threshold"),
-                "summary": sel.summary(self.windows, sel.choose(self.windows, self.config()),
-                                       self.config()),
+                "summary": sel.summary(self.windows, sel.choose(self.windows, cfg), cfg),
                 "highlights": self._with_media(rows),
                 "play_mode": self.play_mode(),
                 "decisions": self.read_decisions()["decisions"],
-                "export_formats": export_formats(),
+                "export_formats": list(FORMATS),
             }
 
     def _with_media(self, rows: List[dict]) -> List[dict]:
@@ -208,15 +199,7 @@ class Review:
     # --- decisions -----------------------------------------------------------------------------
 
     def read_decisions(self) -> dict:
-        path = self.out_dir / REVIEW_JSON
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {"decisions": {}}
-        except (OSError, ValueError) as e:
-            raise HighlightSenseError(f"cannot read {path}: {e}") from None
-        data.setdefault("decisions", {})
-        return data
+        return read_review(self.out_dir)
 
     def _write_review(self, review: dict) -> None:
         review["source"] = self.source()
@@ -339,23 +322,9 @@ class Review:
             return {"id": key, **public}
 
 
-def export_formats() -> List[str]:
-    """The formats operators/sinks/timelines.py offers, or [] while it does not exist."""
-    try:
-        from highlightsense.operators.sinks import timelines
-    except ImportError:
-        return []
-    return list(getattr(timelines, "FORMATS", ()))
-
-
 def export(review: Review, fmt: str) -> dict:
     """DIR/timeline.<ext> in `fmt` of the kept highlights: `highlightsense export DIR --format
-    fmt` (operators/sinks/timelines.export_run, which leaves out what review.json drops).
-    Raises NotImplementedError while that module is missing."""
-    try:
-        from highlightsense.operators.sinks.timelines import export_run, parse_formats
-    except ImportError:
-        raise NotImplementedError("export is not available yet (no timelines module)") from None
+    fmt` (operators/sinks/timelines.export_run leaves out what review.json drops)."""
     with review.lock:
         done = export_run(review.out_dir, parse_formats(fmt))
     return {"written": [str(p) for p in done.paths.values()], "count": done.count,
@@ -370,7 +339,7 @@ def make_app(out_dir, ready=None):
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Route
 
     review = Review(out_dir)
@@ -406,8 +375,6 @@ def make_app(out_dir, ready=None):
             try:
                 data = await body(request) if request.method == "POST" else {}
                 return JSONResponse(await run_in_threadpool(fn, data))
-            except NotImplementedError as e:
-                return error(501, str(e))
             except KeyError as e:
                 return error(404, f"no highlight {e}")
             except (ValueError, TypeError) as e:
@@ -502,7 +469,11 @@ def serve(out_dir, open_browser: bool = True, port: int = 0) -> int:
             threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
 
     app = make_app(out_dir, ready)  # refuses a folder without a finished run, before binding
-    sock = free_socket() if not port else socket.create_server(("127.0.0.1", port))
+    try:
+        sock = free_socket() if not port else socket.create_server(("127.0.0.1", port))
+    except OSError as e:
+        raise HighlightSenseError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}; "
+                                  f"give another --port, or none for a free one") from None
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     try:

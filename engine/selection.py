@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from highlightsense.engine.config import SELECTION_KEYS, Config
+from highlightsense.engine.config import SELECTION_KEYS, Config, given_keys, load_config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.timecode import hms, plural
 from highlightsense.operators.online_select import select_above
@@ -167,6 +167,9 @@ def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict,
         "highlights": rows,
     })
     tables.write_summary(out_dir, record)
+    from highlightsense.operators.sinks.timelines import refresh_exports
+
+    refresh_exports(out_dir)  # an earlier export in the folder follows the new selection
     return Outcome(selection, rows, summary(windows, selection, cfg))
 
 
@@ -231,6 +234,17 @@ def last_settings(out_dir: Path) -> Dict:
     `select` starts from; refuses a folder that holds no finished run."""
     saved = _finished_summary(out_dir).get("settings", {})
     return {k: saved[k] for k in SELECTION_KEYS if k in saved}
+
+
+def select_config(out_dir: Path, config_path: Optional[str], overrides: Dict):
+    """The settings `select` (and the review page) chooses with: the flags given, then the
+    folder's last selection for what they leave unset, then the defaults. Returns the Config and
+    the settings taken from the folder."""
+    given = given_keys(config_path, overrides)
+    if "threshold_percentile" in given:
+        given.add("threshold")  # a percentile given clears the folder's absolute threshold
+    taken = {k: v for k, v in last_settings(out_dir).items() if k not in given}
+    return load_config(config_path, overrides, beneath=taken), taken
 
 
 def reselect(out_dir: Path, cfg: Config) -> Outcome:

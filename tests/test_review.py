@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,9 +23,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MOMENTS = [(40.0, 50.0), (95.0, 104.0)]
 # Screenshots of the runs, to look at: HS_REVIEW_SHOTS=folder keeps them there.
 SHOTS = os.environ.get("HS_REVIEW_SHOTS")
-
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="needs chromium (.ci/run installs Debian's)")
 
 
 def _vod(folder: Path, name: str, seconds: float = 150) -> Path:
@@ -91,6 +87,7 @@ def server(run_dir):
 def browser():
     from playwright.sync_api import sync_playwright
 
+    assert os.path.exists(CHROMIUM), "these tests need chromium: apt-get install chromium"
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                               args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])

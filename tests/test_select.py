@@ -44,6 +44,23 @@ def test_matches_the_seed(seed):
     assert [w.index for w in sel.top] == [r[0] for r in top]
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_nms_of_windows_of_any_length_matches_the_seed(seed):
+    """apply_nms tests only the kept windows that start near a candidate: the seed's answer
+    still, for windows of mixed lengths (down to none), shared starts and tied scores."""
+    rng = np.random.default_rng(500 + seed)
+    n = int(rng.integers(1, 300))
+    starts = np.where(rng.random(n) < 0.5, rng.integers(0, 60, n) * 5.0, rng.uniform(0, 300, n))
+    lengths = rng.choice([0.0, 2.5, 30.0, 45.0], n)
+    scores = np.round(rng.random(n), 1)
+    windows = [WindowScore(i, float(a), float(a + d), float(c), float(a))
+               for i, (a, d, c) in enumerate(zip(starts, lengths, scores))]
+    for nms_window in (0.0, 3.0, 10.0, 40.0):
+        seed_kept = seed_apply_nms([[w.index, w.start_sec, w.end_sec, w.confidence]
+                                    for w in windows], nms_window)
+        assert [w.index for w in apply_nms(windows, nms_window)] == [r[0] for r in seed_kept]
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_brute_force_properties(seed):
     rng = np.random.default_rng(100 + seed)

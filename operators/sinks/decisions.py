@@ -17,22 +17,35 @@ from highlightsense.engine.errors import HighlightSenseError
 REVIEW_JSON = "review.json"
 
 
+def read_review(out_dir) -> dict:
+    """DIR/review.json as the page wrote it ({"decisions": {}} when there is none)."""
+    path = Path(out_dir) / REVIEW_JSON
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"decisions": {}}
+    except (OSError, ValueError) as e:
+        raise HighlightSenseError(f"cannot read {path} ({e}); fix or remove it, or pass "
+                                  f"--all") from None
+    if not isinstance(data, dict) or not isinstance(data.setdefault("decisions", {}), dict):
+        raise HighlightSenseError(f"{path} is not a review file; fix or remove it, or pass --all")
+    return data
+
+
 def read_decisions(out_dir) -> Optional[Dict[int, dict]]:
     """{rank: {"keep": bool, "note": str}}, or None when the folder holds no review.json."""
-    path = Path(out_dir) / REVIEW_JSON
-    if not path.exists():
+    if not (Path(out_dir) / REVIEW_JSON).exists():
         return None
+    raw = read_review(out_dir)["decisions"]
     try:
-        with open(path) as f:
-            raw = json.load(f).get("decisions", {})
         # No "keep" (or null): undecided, which counts as kept. Other keys (the window's
         # start_sec / end_sec the review page adds) are the page's.
         return {int(rank): {"keep": d.get("keep") is None or bool(d["keep"]),
                             "note": str(d.get("note") or "")}
                 for rank, d in raw.items()}
     except (ValueError, AttributeError, TypeError) as e:
-        raise HighlightSenseError(f"{path} is not a review file ({e}); fix or remove it, or "
-                                  f"pass --all") from None
+        raise HighlightSenseError(f"{Path(out_dir) / REVIEW_JSON} is not a review file ({e}); "
+                                  f"fix or remove it, or pass --all") from None
 
 
 def kept_ranks(out_dir, ranks: Optional[Iterable[int]] = None) -> Optional[Set[int]]:

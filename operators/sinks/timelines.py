@@ -521,3 +521,23 @@ def export_run(out_dir, formats: Sequence[str], to=None, order: Optional[str] = 
             path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, texts[f])
     return Exported(paths, len(p.cuts), notes)
+
+
+def refresh_exports(out_dir) -> None:
+    """After a new selection in out_dir, the timelines an earlier export left there
+    (timeline.<ext>) are written again from it, so none describes an old selection; one that
+    the new selection cannot make (too few highlights for chapters, say) is removed, saying so."""
+    import logging
+
+    log = logging.getLogger("highlightsense")
+    out_dir = Path(out_dir)
+    for fmt, ext in FORMATS.items():
+        path = out_dir / f"timeline{ext}"
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            export_run(out_dir, [fmt], to=path)
+            log.info("%s: %s rewritten for this selection", fmt, path)
+        except HighlightSenseError as e:
+            path.unlink()
+            log.warning("%s: removed %s, which this selection cannot make: %s", fmt, path, e)

@@ -313,7 +313,7 @@ function showRun(r) {
   $("#nms").value = r.settings.nms_window;
   const fmt = $("#format");
   fmt.textContent = "";
-  for (const f of r.export_formats.length ? r.export_formats : ["(not yet)"]) {
+  for (const f of r.export_formats) {
     const o = document.createElement("option");
     o.value = o.textContent = f;
     fmt.appendChild(o);
