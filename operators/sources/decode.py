@@ -79,8 +79,9 @@ def open_media(path) -> av.container.InputContainer:
             f"{path} is not a media file FFmpeg can read ({reason})") from None
 
 
-def audio_stream(container, path, stream_index: int | None):
-    """The audio stream to use: the first, or the `stream_index`-th audio stream."""
+def audio_stream(container, path, stream_index: int | None, flag: str = "--audio-stream"):
+    """The audio stream to use: the first, or the `stream_index`-th audio stream (which
+    `flag` names, for messages)."""
     streams = list(container.streams.audio)
     if not streams:
         raise HighlightSenseError(f"{path} has no audio stream; give a file with audio")
@@ -88,11 +89,12 @@ def audio_stream(container, path, stream_index: int | None):
     if not 0 <= index < len(streams):
         listing = "; ".join(f"{i}: {_describe(s)}" for i, s in enumerate(streams))
         raise HighlightSenseError(
-            f"{path} has no audio stream {stream_index}; its audio streams are {listing}")
+            f"{path} has no audio stream {stream_index} ({flag} counts audio streams only, "
+            f"from 0); its audio streams are {listing}")
     if streams[index].codec_context is None:
         raise HighlightSenseError(
             f"{path}: audio stream {index} is in a codec FFmpeg cannot decode; "
-            f"convert it or choose another with --audio-stream")
+            f"convert it or choose another with {flag}")
     return streams[index]
 
 
