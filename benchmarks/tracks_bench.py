@@ -12,7 +12,7 @@ random weights (benchmarks.bench_support), full-size by default. Each run is a f
 (`highlightsense detect`), timed from start to exit.
 """
 import argparse
-import math
+import json
 import subprocess
 import sys
 import tempfile
@@ -118,3 +118,114 @@ def obs_recording(path, stream: TrackedStream, titles=("Mix", "Mic/Aux", "Deskto
     """The 3-track file OBS writes: mix (voice + game), microphone, game."""
     return write_tracks(path, [{"blocks": stream.blocks(w), "title": t}
                                for w, t in zip(("mix", "voice", "game"), titles)], codec)
+
+
+def moments_every_minute(seconds: float) -> list:
+    """A loud moment of 6 s every 60 s (from 20 s on): what the CRNN's windows meet."""
+    return [(t, t + 6.0) for t in np.arange(20.0, seconds - 10.0, 60.0)]
+
+
+def _detect(media: Path, out: Path, flags: Sequence[str]) -> float:
+    """Wall seconds of one `highlightsense detect` in a fresh process (model load included)."""
+    command = [sys.executable, "-m", "highlightsense.engine.cli", "detect", str(media),
+               "--out", str(out), "--no-clips", "--device", "cpu", "-q", *flags]
+    began = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"detect failed: {done.stderr.strip()}")
+    return time.perf_counter() - began
+
+
+def _scores(out: Path) -> np.ndarray:
+    import csv
+
+    with open(out / "raw_window_scores.csv", newline="") as f:
+        return np.array([float(r["confidence"]) for r in csv.DictReader(f)])
+
+
+def speed(minutes: float, size: str, work: Path, demucs: bool = True) -> None:
+    """x realtime of detect --model with the tracks and with Demucs, each with and without
+    --single-pass, on one generated 3-track file."""
+    from highlightsense.benchmarks.bench_support import write_random_crnn, write_random_separator
+
+    seconds = minutes * 60
+    media = obs_recording(work / "obs.mkv", TrackedStream(seconds, moments_every_minute(seconds)))
+    crnn = write_random_crnn(work / "best_model.pt", size)
+    separator = write_random_separator(work / "separator", size)
+    runs = [("tracks", ["--voice-track", "1", "--game-track", "2"])]
+    if demucs:
+        runs.append(("demucs", ["--separator", str(separator)]))
+    print(f"input: {minutes:g} min, 3 AAC tracks in Matroska; models: {size} size, random "
+          f"weights; CPU threads: {_threads()}")
+    print("wall: the whole process (imports and model loading included); first pass: its "
+          "pipeline alone (highlights.json wall_sec)")
+    print(f"{'stems':<8} {'passes':<8} {'wall s':>8} {'x realtime':>11} {'1st pass s':>11} "
+          f"{'x realtime':>11}")
+    results = {}
+    for name, flags in runs:
+        for passes, extra in (("two", []), ("single", ["--single-pass"])):
+            out = work / f"{name}-{passes}"
+            wall = _detect(media, out, ["--model", str(crnn), *flags, *extra])
+            results[name, passes] = (wall, _scores(out))
+            first = json.loads((out / "highlights.json").read_text())["wall_sec"]
+            print(f"{name:<8} {passes:<8} {wall:8.1f} {seconds / wall:11.1f} {first:11.1f} "
+                  f"{seconds / first:11.1f}", flush=True)
+    if demucs:
+        for passes in ("two", "single"):
+            ratio = results["demucs", passes][0] / results["tracks", passes][0]
+            print(f"tracks are {ratio:.1f}x faster than Demucs ({passes} pass"
+                  f"{'es' if passes == 'two' else ''})")
+
+
+def compare_stems(seconds: float, work: Path) -> None:
+    """How far the small test CRNN's scores move between Demucs stems (the tiny random test
+    separator) and the true stems of the same mix: detect on one 3-track file both ways."""
+    from highlightsense.benchmarks.bench_support import write_small_models
+    from highlightsense.engine.cli import main
+
+    media = obs_recording(work / "obs.mkv", TrackedStream(seconds, moments_every_minute(seconds)))
+    separator, crnn = write_small_models(work)
+    common = [str(media), "--model", str(crnn), "--device", "cpu", "--no-clips", "-q"]
+    assert main(["detect", *common, "--out", str(work / "true"), "--voice-track", "1",
+                 "--game-track", "2"]) == 0
+    assert main(["detect", *common, "--out", str(work / "demucs"), "--separator",
+                 str(separator)]) == 0
+    true, separated = _scores(work / "true"), _scores(work / "demucs")
+    diff = np.abs(true - separated)
+    top = max(1, len(true) // 10)
+    kept = len(set(np.argsort(-true)[:top]) & set(np.argsort(-separated)[:top]))
+    print(f"{len(true)} windows of {seconds:g} s: |p(true stems) - p(Demucs stems)| mean "
+          f"{diff.mean():.4f}, median {np.median(diff):.4f}, max {diff.max():.4f}; pearson "
+          f"{np.corrcoef(true, separated)[0, 1]:.4f}; score spread (std) true {true.std():.4f}, "
+          f"Demucs {separated.std():.4f}; top {top} windows in common: {kept}")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0, help="input length (default 10)")
+    p.add_argument("--size", choices=("full", "small"), default="full",
+                   help="model sizes (full: the seed's CRNN and htdemucs's shapes)")
+    p.add_argument("--skip-demucs", action="store_true", help="time the tracks only")
+    p.add_argument("--compare-stems", action="store_true",
+                   help="the score shift between Demucs stems and the true stems instead")
+    p.add_argument("--compare-seconds", type=float, default=180.0)
+    p.add_argument("--work", metavar="DIR", help="keep the files here (default: a temp folder)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.compare_stems:
+            compare_stems(args.compare_seconds, work)
+        else:
+            speed(args.minutes, args.size, work, demucs=not args.skip_demucs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -299,8 +299,8 @@ def test_a_file_without_a_mix_track_listens_to_voice_plus_game(folder, capsys, t
 
 
 @pytest.mark.parametrize("flags, says", [
-    (["--voice-track", "3", "--game-track", "2"], "has no audio stream 3 (--voice-track counts"),
-    (["--voice-track", "1", "--game-track", "2+7"], "has no audio stream 7 (--game-track"),
+    (["--voice-track", "3", "--game-track", "2"], "no audio stream 3; its audio streams are 0: flac"),
+    (["--voice-track", "1", "--game-track", "2+7"], "(--game-track counts audio streams only"),
     (["--voice-track", "1", "--game-track", "1"], "audio stream 1 is given as both"),
     (["--voice-track", "1+x", "--game-track", "2"], "is not an audio stream index"),
     (["--voice-track", "1"], "give both --voice-track and --game-track"),

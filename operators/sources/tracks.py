@@ -20,7 +20,6 @@ what recorders write, would need every packet from the start anyway (see decode.
 """
 import logging
 import re
-import threading
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
@@ -31,10 +30,10 @@ from highlightsense.engine.chunks import AudioChunk
 from highlightsense.engine.config import Config, track_sum
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.grid import AUDIO_RATE
-from highlightsense.engine.operator import Source, SourceInfo
+from highlightsense.engine.operator import SourceInfo
 from highlightsense.engine.timecode import hms
-from highlightsense.operators.sources.decode import (_input_format, _seconds, audio_stream,
-                                                     is_cover_art, open_media, tag)
+from highlightsense.operators.sources.decode import (FileDecoder, _input_format, _seconds,
+                                                     audio_stream, is_cover_art, open_media, tag)
 
 log = logging.getLogger("highlightsense")
 
@@ -245,7 +244,7 @@ class _Lane:
         return out
 
 
-class TrackDecoder(Source):
+class TrackDecoder(FileDecoder):
     """Yields AudioChunk(float32 (len(stems), 2, n), 44100 Hz, start, stems) of about chunk_sec
     each, contiguous: each of `stems` (of TRACK_STEMS) the sum of its streams in `choice`. With
     the mix alone, plain mix chunks (2, n) with no stems (what the loudness scorer reads).
@@ -257,14 +256,12 @@ class TrackDecoder(Source):
 
     def __init__(self, path, choice: TrackChoice, stems=TRACK_STEMS, chunk_sec: float = 1.0,
                  start_sample: int = 0):
+        super().__init__()
         self.path = str(path)
         self.choice, self.stems = choice, tuple(stems)
         self.chunk_samples = max(1, round(chunk_sec * AUDIO_RATE))
         self.start_sample = start_sample
         self.info = SourceInfo(path=self.path, start_sample=start_sample)
-        self._lock = threading.Lock()
-        self._closing = False
-        self._iterated = False
         self.container = open_media(path)
         try:
             streams = [audio_stream(self.container, self.path, i) for i in choice.streams]
@@ -335,15 +332,6 @@ class TrackDecoder(Source):
         self.info.origin_sec = min(firsts.values())
         return early
 
-    def __iter__(self):
-        if self._iterated:
-            raise RuntimeError("TrackDecoder can be iterated only once")
-        self._iterated = True
-        try:
-            yield from self._chunks()
-        finally:
-            self.close()
-
     def _chunks(self):
         origin = self.info.origin_sec
         self._emitted = 0  # stream samples taken from the lanes (handed on, or dropped)
@@ -401,14 +389,3 @@ class TrackDecoder(Source):
             return AudioChunk(sums[0], AUDIO_RATE, start)
         return AudioChunk(np.stack(sums), AUDIO_RATE, start, self.stems)
 
-    def close(self) -> None:
-        """Closes the file; never waits for a read blocked in another thread."""
-        self._closing = True
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            container, self.container = self.container, None
-        finally:
-            self._lock.release()
-        if container is not None:
-            container.close()
