@@ -99,6 +99,9 @@ def test_sums_and_the_mix_alone(obs, streams):
     np.testing.assert_array_equal(mix, streams[1] + streams[2])
     game = joined(list(TrackDecoder(path, TrackChoice((1,), (0, 2), (0,)))))[1]
     np.testing.assert_array_equal(game, streams[0] + streams[2])
+    alone = TrackDecoder(path, TrackChoice((1,), (2,), (0,)), stems=("mix",))
+    assert [lane.index for lane in alone.lanes] == [0]  # the mix alone decodes nothing else
+    np.testing.assert_array_equal(joined(list(alone)), streams[0])
 
 
 def test_start_offsets_rates_a_hole_and_an_early_end(folder, caplog):

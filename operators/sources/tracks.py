@@ -63,9 +63,9 @@ class TrackChoice:
     game: Tuple[int, ...]
     mix: Tuple[int, ...]  # --audio-stream, or voice + game when the file has no mix track
 
-    @property
-    def streams(self) -> Tuple[int, ...]:
-        return tuple(sorted(set(self.voice + self.game + self.mix)))
+    def streams(self, stems=TRACK_STEMS) -> Tuple[int, ...]:
+        """The streams that `stems` are made of."""
+        return tuple(sorted({i for stem in stems for i in getattr(self, stem)}))
 
 
 def _plus(indexes) -> str:
@@ -264,8 +264,9 @@ class TrackDecoder(FileDecoder):
         self.info = SourceInfo(path=self.path, start_sample=start_sample)
         self.container = open_media(path)
         try:
-            streams = [audio_stream(self.container, self.path, i) for i in choice.streams]
-            self.lanes = [_Lane(i, s, self.path) for i, s in zip(choice.streams, streams)]
+            used = choice.streams(self.stems)  # the loudness scorer's mix alone: only its own
+            streams = [audio_stream(self.container, self.path, i) for i in used]
+            self.lanes = [_Lane(i, s, self.path) for i, s in zip(used, streams)]
             self._lane_of = {s.index: lane for s, lane in zip(streams, self.lanes)}
             self.info.codec = "+".join(dict.fromkeys(s.codec_context.name for s in streams))
             self.info.has_video = any(not is_cover_art(v) for v in self.container.streams.video)
@@ -328,7 +329,7 @@ class TrackDecoder(FileDecoder):
                 break
         if not firsts:
             raise HighlightSenseError(f"{self.path} contains no audio samples in audio streams "
-                                      f"{_plus(self.choice.streams)}")
+                                      f"{_plus(lane.index for lane in self.lanes)}")
         self.info.origin_sec = min(firsts.values())
         return early
 
