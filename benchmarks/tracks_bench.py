@@ -12,6 +12,8 @@ random weights (benchmarks.bench_support), full-size by default. Each run is a f
 (`highlightsense detect`), timed from start to exit.
 """
 import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -186,10 +188,11 @@ def compare_stems(seconds: float, work: Path) -> None:
     media = obs_recording(work / "obs.mkv", TrackedStream(seconds, moments_every_minute(seconds)))
     separator, crnn = write_small_models(work)
     common = [str(media), "--model", str(crnn), "--device", "cpu", "--no-clips", "-q"]
-    assert main(["detect", *common, "--out", str(work / "true"), "--voice-track", "1",
-                 "--game-track", "2"]) == 0
-    assert main(["detect", *common, "--out", str(work / "demucs"), "--separator",
-                 str(separator)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):  # the tables: only the figures here
+        assert main(["detect", *common, "--out", str(work / "true"), "--voice-track", "1",
+                     "--game-track", "2"]) == 0
+        assert main(["detect", *common, "--out", str(work / "demucs"), "--separator",
+                     str(separator)]) == 0
     true, separated = _scores(work / "true"), _scores(work / "demucs")
     diff = np.abs(true - separated)
     top = max(1, len(true) // 10)
