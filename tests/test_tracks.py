@@ -327,3 +327,24 @@ def test_tracks_of_a_url_are_refused_in_one_line(models, tmp_path, capsys):
                  "-q"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "local file" in err, err
+
+
+def test_a_track_that_stops_early_does_not_hold_up_the_others(folder):
+    """The voice stops at 2 s of 16: the others go on being handed out, LAG_SEC behind at most,
+    instead of waiting in memory for the end of the file."""
+    from highlightsense.operators.sources.tracks import LAG_SEC
+
+    stream = TrackedStream(16, seed=7)
+    path = write_tracks(folder / "early.mkv", [
+        {"blocks": stream.blocks("mix")},
+        {"blocks": TrackedStream(2, seed=8).blocks("voice")},
+        {"blocks": stream.blocks("game")}], codec="flac")
+    decoder = TrackDecoder(path, TrackChoice((1,), (2,), (0,)), chunk_sec=0.5)
+    held, chunks = [], []
+    for chunk in decoder:
+        chunks.append(chunk)
+        held.append(max(sum(p.shape[1] for p in lane.pieces) for lane in decoder.lanes))
+    assert max(held) < (LAG_SEC + 1) * RATE  # without the stall, 14 s would wait at 16 s
+    assert len(chunks) == 32
+    got = joined(chunks, start=0)
+    assert np.abs(got[0][:, :RATE]).max() > 0.01 and not got[0][:, 2 * RATE + 100:].any()
