@@ -166,6 +166,15 @@ def parser() -> argparse.ArgumentParser:
                    help=f"window step (default {default_of('stride_sec')})")
     d.add_argument("--audio-stream", type=int, metavar="N",
                    help="analyse the N-th audio stream (0 = first)")
+    d.add_argument("--voice-track", metavar="N[+M]",
+                   help="with --model: take the voice stem from this audio stream (counted as "
+                        "--audio-stream counts; 1+2 sums two) instead of separating with Demucs; "
+                        "give --game-track too")
+    d.add_argument("--game-track", metavar="N[+M]",
+                   help="with --voice-track: the game stem's audio stream(s), e.g. 2+3")
+    d.add_argument("--tracks", choices=("auto",),
+                   help="auto: pick the voice and game tracks by the streams' titles (mic, "
+                        "voice / game, desktop, system); separate with Demucs when none say")
     d.add_argument("--batch-size", type=int, metavar="N", help="windows per scoring call")
     d.add_argument("--model", metavar="PATH",
                    help="HighlightSense CRNN checkpoint (best_model.pt); without it the "

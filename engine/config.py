@@ -36,6 +36,11 @@ class Config:
     exact_cuts: bool = False  # re-encode so clips start exactly at the window (False: stream copy)
     # Engine.
     audio_stream: Optional[int] = None  # which audio stream to analyse (0 = first); None: the first
+    # The recording's own voice and game tracks (audio stream indexes, counted as audio_stream;
+    # "2+3" sums two), taken instead of separating with Demucs; tracks "auto" picks them by title.
+    voice_track: Optional[str] = None
+    game_track: Optional[str] = None
+    tracks: Optional[str] = None  # "auto": voice_track and game_track from the streams' titles
     batch_size: Optional[int] = None  # windows per scoring call; None: the scorer's choice (1 for
     #                                   the CRNN on a CPU, its GRU is faster one window at a time;
     #                                   else 16)
@@ -90,8 +95,20 @@ def default_of(key: str, fmt: Optional[Callable[[Any], str]] = None) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def track_sum(text: str) -> tuple:
+    """The audio stream indexes of a track setting: "1" -> (1,), "2+3" -> (2, 3)."""
+    parts = str(text).replace(" ", "").split("+")
+    if not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise HighlightSenseError(
+            f"track {text!r} is not an audio stream index or a sum of distinct ones (2+3)")
+    return tuple(int(p) for p in parts)
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = _TYPES[key]
+    if key in ("voice_track", "game_track") and isinstance(value, int) \
+            and not isinstance(value, bool):
+        value = str(value)  # YAML reads `voice_track: 1` as a number
     if value is None and kind in (Optional[int], Optional[str], Optional[float]):
         return None
     ok = {
@@ -143,7 +160,25 @@ def _check(cfg: Config) -> Config:
         bad("chunk_sec", "must be above 0 and at most 600")
     if cfg.audio_stream is not None and cfg.audio_stream < 0:
         bad("audio_stream", "must be 0 or more (0 is the first audio stream)")
+    _check_tracks(cfg)
     return cfg
+
+
+def _check_tracks(cfg: Config) -> None:
+    if cfg.tracks not in (None, "auto"):
+        raise HighlightSenseError(f"config: 'tracks' = {cfg.tracks!r} must be auto (or unset)")
+    given = [t for t in (cfg.voice_track, cfg.game_track) if t is not None]
+    if given and cfg.tracks == "auto":
+        raise HighlightSenseError("--tracks auto picks the voice and game tracks itself; "
+                                  "give it or --voice-track and --game-track, not both")
+    if len(given) == 1:
+        raise HighlightSenseError("give both --voice-track and --game-track (or --tracks auto)")
+    if given:
+        shared = set(track_sum(cfg.voice_track)) & set(track_sum(cfg.game_track))
+        if shared:
+            raise HighlightSenseError(
+                f"audio stream {min(shared)} is given as both the voice and the game track; "
+                f"give each its own stream")
 
 
 def apply(cfg: Config, values: Dict[str, Any], source: str) -> Config:

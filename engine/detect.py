@@ -109,8 +109,11 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
 
 def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True,
            restart: bool = False, observer: Optional[RunObserver] = None) -> DetectResult:
+    from highlightsense.operators.sources.tracks import resolve_tracks
+
     observer = observer or RunObserver()
     check_input(input_path, cfg)
+    cfg = resolve_tracks(input_path, cfg)  # --tracks auto: the streams it picks, said once
     scorer = build_scorer(cfg)
     made = not Path(out_dir).exists()
     out_dir = prepare_out_dir(out_dir)
@@ -149,6 +152,8 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
             "duration_sec": metrics.position_sec,
             "has_video": info.has_video,
             "audio_stream": cfg.audio_stream,
+            "voice_track": cfg.voice_track,
+            "game_track": cfg.game_track,
             "scorer": scorer.name,
             **scorer.describe(cfg),
             "corrupt_packets": info.corrupt_packets,

@@ -48,11 +48,15 @@ def build_scorer(cfg: Config) -> Scorer:
 def open_source(input_path: str, cfg: Config, start_sample: int = 0,
                 sync_points=None) -> Source:
     """The decoder for a media file, or for a URL (resolved with yt-dlp, decoded as it arrives,
-    nothing downloaded first). A file can be opened at a later sample (a resumed run)."""
+    nothing downloaded first). A file can be opened at a later sample (a resumed run). With
+    the recording's own tracks (cfg resolved by resolve_tracks), one decoder of them all."""
     from highlightsense.operators.sources.decode import AudioDecoder
     from highlightsense.operators.sources.resolve import is_url, open_audio
+    from highlightsense.operators.sources.tracks import uses_tracks
 
-    if is_url(input_path):
+    if uses_tracks(cfg):
+        source = _track_source(input_path, cfg, start_sample)
+    elif is_url(input_path):
         source = open_audio(input_path, cfg.audio_stream, cfg.chunk_sec,
                             parallel=cfg.hls_fragments)
     else:
@@ -67,6 +71,18 @@ def open_source(input_path: str, cfg: Config, start_sample: int = 0,
                 f"{clock(cfg.max_duration_sec)}; raise the limit or cut the input")
         source = Limited(source, cfg.max_duration_sec)
     return source
+
+
+def _track_source(input_path: str, cfg: Config, start_sample: int) -> Source:
+    """The tracks' decoder: voice, game and mix for the CRNN (a model given), or the mix
+    alone for the loudness scorer, which reads nothing else."""
+    from highlightsense.operators.sources.decode import open_media
+    from highlightsense.operators.sources.tracks import TRACK_STEMS, TrackDecoder, choose_tracks
+
+    with open_media(input_path) as container:
+        choice = choose_tracks(container, input_path, cfg)
+    stems = TRACK_STEMS if cfg.model is not None else ("mix",)
+    return TrackDecoder(input_path, choice, stems, cfg.chunk_sec, start_sample)
 
 
 def run_pipeline(source: Source, stages: list, scorer: Scorer, cfg: Config, hooks=(),

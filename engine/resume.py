@@ -41,7 +41,9 @@ def fingerprint(input_path: str, cfg: Config, scorer: Scorer) -> dict:
     source = _file_identity(input_path) if os.path.isfile(input_path) else {"url": input_path}
     scoring = {"version": __version__, "scorer": scorer.name, "window_sec": cfg.window_sec,
                "stride_sec": cfg.stride_sec, "audio_stream": cfg.audio_stream,
-               "batch_size": cfg.batch_size, **scorer.identity(cfg)}
+               "batch_size": cfg.batch_size, **scorer.identity(cfg),
+               # Resolved stream indexes (engine.detect resolves --tracks auto first).
+               "voice_track": cfg.voice_track, "game_track": cfg.game_track}
     return {"input": source, "scoring": scoring}
 
 

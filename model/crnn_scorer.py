@@ -31,26 +31,36 @@ class CrnnScorer:
         self._separator = None  # the Demucs model, once the first pass has loaded it
 
     def feature_stages(self, cfg, run: FeatureRun = FeatureRun()) -> list:
-        """Demucs separation, then the seed's log-mel frames of both stems. The separator is
-        loaded once and kept for the passes after the first."""
+        """Demucs separation, or the recording's own voice and game tracks (cfg.voice_track),
+        then the seed's log-mel frames of both stems. The separator is loaded once and kept for
+        the passes after the first."""
         from highlightsense.operators.mel_features import MelFeatures
+        from highlightsense.operators.sources.tracks import uses_tracks
+
+        features = MelFeatures(device=self.device, reference_db=run.reference_db,
+                               emit_from=run.emit_from, hold=run.hold)
+        if uses_tracks(cfg):
+            from highlightsense.operators.track_stems import TrackStems
+
+            return [TrackStems(), features]
         from highlightsense.operators.separate import Separate
 
         separate = Separate(self._separator or cfg.separator, device=cfg.device,
                             batch_size=cfg.separator_batch, half=cfg.half)
         self._separator = separate.model
-        return [separate, MelFeatures(device=self.device, reference_db=run.reference_db,
-                                      emit_from=run.emit_from, hold=run.hold)]
+        return [separate, features]
 
     def identity(self, cfg) -> dict:
-        separator = (content_identity(cfg.separator) if os.path.isfile(cfg.separator)
+        separator = (None if cfg.voice_track is not None  # the tracks: in every fingerprint
+                     else content_identity(cfg.separator) if os.path.isfile(cfg.separator)
                      else cfg.separator)
         return {"model": content_identity(cfg.model), "separator": separator,
                 "device": str(self.device), "separator_batch": cfg.separator_batch,
                 "half": cfg.half, "exact_reference": cfg.exact_reference}
 
     def describe(self, cfg) -> dict:
-        return {"model": os.path.abspath(cfg.model), "separator": cfg.separator}
+        return {"model": os.path.abspath(cfg.model),
+                "separator": None if cfg.voice_track is not None else cfg.separator}
 
     def logits(self, batch: WindowBatch):
         """(float64 logits (B,), attention argmax step (B,)) for a batch, self.batch_size at a

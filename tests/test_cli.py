@@ -275,7 +275,7 @@ def test_every_config_flag_reaches_config(tmp_path):
         "window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n", "clips",
         "exact_cuts", "audio_stream", "batch_size", "model", "separator", "device",
         "separator_batch", "half", "exact_reference", "threshold", "hls_fragments",
-        "max_duration_sec", "order"}
+        "max_duration_sec", "order", "voice_track", "game_track", "tracks"}
     positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"]}
     commands = _commands()
     for name, flags in table.items():
@@ -288,6 +288,9 @@ def test_every_config_flag_reaches_config(tmp_path):
                     other = tmp_path / f"{key}.yaml"
                     other.write_text(f"{key}: {str(not want).lower()}\n")
                     argv = [flag, "--config", str(other)]
+            elif key in ("voice_track", "game_track"):  # given together, as they must be
+                want = {"voice_track": "3", "game_track": "4+5"}[key]
+                argv = ["--voice-track", "3", "--game-track", "4+5"]
             elif action.choices:
                 want = next(c for c in action.choices if c != default)
                 argv = [flag, want]

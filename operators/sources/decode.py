@@ -79,8 +79,9 @@ def open_media(path) -> av.container.InputContainer:
             f"{path} is not a media file FFmpeg can read ({reason})") from None
 
 
-def audio_stream(container, path, stream_index: int | None):
-    """The audio stream to use: the first, or the `stream_index`-th audio stream."""
+def audio_stream(container, path, stream_index: int | None, flag: str = "--audio-stream"):
+    """The audio stream to use: the first, or the `stream_index`-th audio stream (which
+    `flag` names, for messages)."""
     streams = list(container.streams.audio)
     if not streams:
         raise HighlightSenseError(f"{path} has no audio stream; give a file with audio")
@@ -88,11 +89,12 @@ def audio_stream(container, path, stream_index: int | None):
     if not 0 <= index < len(streams):
         listing = "; ".join(f"{i}: {_describe(s)}" for i, s in enumerate(streams))
         raise HighlightSenseError(
-            f"{path} has no audio stream {stream_index}; its audio streams are {listing}")
+            f"{path} has no audio stream {stream_index}; its audio streams are {listing} "
+            f"({flag} counts audio streams only, from 0)")
     if streams[index].codec_context is None:
         raise HighlightSenseError(
             f"{path}: audio stream {index} is in a codec FFmpeg cannot decode; "
-            f"convert it or choose another with --audio-stream")
+            f"convert it or choose another with {flag}")
     return streams[index]
 
 
@@ -145,7 +147,43 @@ SEEKS_EXACTLY = frozenset({"pcm_s16le", "pcm_s24le", "pcm_f32le", "flac", "alac"
                            "vorbis"})
 
 
-class AudioDecoder(Source):
+class FileDecoder(Source):
+    """What the decoders of a file share: iterated once (their _chunks()), closing the file at
+    the end. Reads hold `_lock`; close() never waits for a read blocked in another thread (a
+    stalled pipe): it marks `_closing`, and the read closes the container when it returns."""
+
+    container = None
+    _iterated = False
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._closing = False
+
+    def _chunks(self):
+        raise NotImplementedError
+
+    def __iter__(self):
+        if self._iterated:
+            raise RuntimeError(f"{type(self).__name__} can be iterated only once")
+        self._iterated = True
+        try:
+            yield from self._chunks()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._closing = True
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            container, self.container = self.container, None
+        finally:
+            self._lock.release()
+        if container is not None:
+            container.close()
+
+
+class AudioDecoder(FileDecoder):
     """Yields AudioChunk(float32 (2, n), 44100 Hz, start) of about chunk_sec each, contiguous.
 
     start_sample: begin at this stream sample (a restart), given the `sync_points` the first
@@ -156,6 +194,7 @@ class AudioDecoder(Source):
 
     def __init__(self, path, stream_index: int | None = None, chunk_sec: float = 1.0,
                  start_sample: int = 0, sync_points=None):
+        super().__init__()
         self.path = str(path)
         self.chunk_samples = max(1, round(chunk_sec * AUDIO_RATE))
         # Its sync points: (frame pts, input samples its resampler had taken before it, stream
@@ -172,8 +211,6 @@ class AudioDecoder(Source):
         self._next_sync = 0  # input samples (of this resampler) at which to note the next one
         self._out = 0  # samples handed on to the chunker (resampled, plus silence)
         self._incident = None  # (packets, stream time) of corrupt packets not yet reported
-        self._lock = threading.Lock()
-        self._closing = False
         self.container = open_media(path)
         try:
             self._stream_index = stream_index
@@ -191,7 +228,6 @@ class AudioDecoder(Source):
         except BaseException:
             self.close()
             raise
-        self._iterated = False
 
     def _describe_input(self):
         cc = self.stream.codec_context
@@ -280,15 +316,6 @@ class AudioDecoder(Source):
         elif silence:
             log.warning("%s: %.3f s of audio missing at %s, filled with silence", self.path,
                         silence / AUDIO_RATE, hms(self._out / AUDIO_RATE))
-
-    def __iter__(self):
-        if self._iterated:
-            raise RuntimeError("AudioDecoder can be iterated only once")
-        self._iterated = True
-        try:
-            yield from self._chunks()
-        finally:
-            self.close()
 
     def _chunks(self):
         self._pending: list[np.ndarray] = []
@@ -517,17 +544,6 @@ class AudioDecoder(Source):
         self._emitted += n
         return chunk
 
-    def close(self) -> None:
-        """Closes the file; never waits for a read blocked in another thread (see above)."""
-        self._closing = True
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            container, self.container = self.container, None
-        finally:
-            self._lock.release()
-        if container is not None:
-            container.close()
 
 
 def _input_format(frame) -> tuple:
