@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# The benchmark suite on a GPU machine without network, in a few minutes.
+# The GPU issue's measurements on a GPU machine without network, in one run of a few minutes.
 #
 #   benchmarks/gpu_suite.sh [RESULTS_DIR]     (default: bench-results/<date-time>/ in the repo)
+#   benchmarks/gpu_suite.sh --have            print what PYTHON has installed (pip freeze), for
+#                                             prepare_wheels.sh's HAVE= (only the rest travels)
 #
-# Before: benchmarks/prepare_wheels.sh on a machine with network (the project's wheel and its
-# dependencies' wheels, torch excluded, in wheels/), then the repository with wheels/ copied here.
+# Before: on a machine with network, benchmarks/prepare_wheels.sh (with HAVE=<the --have list>
+# and TARGET_PYTHON=<the GPU machine's Python>: only the wheels it lacks), then the repository
+# with wheels/ copied here.
 #
 # It makes a venv with --system-site-packages (so the machine's own torch, with its CUDA, is
-# used), installs highlightsense[test] into it from the wheels only (pip --no-index), then runs
-# `python -m highlightsense.benchmarks.bench` (each figure measured in a fresh process):
-#   1. compare: the engine against the seed's way on one generated 10-minute VOD, full-size
-#      random-weight HTDemucs (htdemucs's shape) and CRNN, --device cuda, Demucs batch 4;
-#   2. separate alone on 3 minutes, Demucs batch 1 and 8 (what batching buys on this GPU);
-#   3. the engine with float16 separation (--half), 10 minutes;
-#   4. with RSS=1, peak RSS of the engine on 10 and 60 minutes with a small Demucs (slower).
-# Each prints its table (also in RESULTS_DIR/NAME.txt) and writes RESULTS_DIR/NAME.json.
+# used), installs highlightsense[test] into it from the wheels only (pip --no-index), then runs,
+# with full-size random-weight models through the real loaders (each bench figure measured in a
+# fresh process):
+#   1. separation alone, 3 minutes, --separator-batch each of SEP_BATCHES, fp32 and (CUDA)
+#      --half: x realtime and peak GPU memory;
+#   2. the CRNN alone: windows per second at each of CRNN_BATCHES;
+#   3. (CUDA) fidelity: the engine on MINUTES of input with fp32 and with --half separation (the
+#      same random weights): max |dp| of the window scores and whether the selection is the same;
+#   4. end to end on a local LONG_MINUTES file made here (benchmarks/long_input.py: a synthetic
+#      10-minute VOD repeated by stream copy; a 2-hour file does not travel), the best batch of
+#      step 1, --half on CUDA: x realtime, the first score, peak GPU memory;
+#   5. (SEED_WAY=1) the engine against the notebook's way on MINUTES;
+#   6. (RSS=1) peak RSS of the engine on 10 and 60 minutes with a small Demucs.
+# Each prints its table (also RESULTS_DIR/NAME.txt) and writes RESULTS_DIR/NAME.json; at the end
+# benchmarks/gpu_report.py prints every table against the issue's targets (report.txt).
 #
 # Environment:
 #   WHEELS        the wheels folder (default wheels/ at the repository root)
@@ -22,11 +32,12 @@
 #   VENV          the venv to make (default $TMPDIR/hs-gpu-venv); if it exists already, the
 #                 project is installed into it as it is (a venv that has torch, for a dry run)
 #   SKIP_INSTALL  1: run with PYTHON as it is, highlightsense already installed
-#   DEVICE        default cuda;  MINUTES  default 10;  SEPARATOR_BATCH  default 4
-#   SEED_WAY      0 to skip the seed's way (the engine alone in step 1)
-#   QUICK         1: a smoke run in about a minute on any machine (half a minute of input,
-#                 small CRNN, tiny Demucs; step 3 skipped unless on CUDA)
-#   RSS           1: add step 4
+#   DEVICE        default cuda;  MINUTES  default 10;  LONG_MINUTES  default 120
+#   SEP_BATCHES   default "1 8 32 64";  CRNN_BATCHES  default "16 64 256 512"
+#   INPUT_DIR     where the long input is made (default $TMPDIR/hs-gpu-input; kept for a rerun)
+#   QUICK         1: a smoke run in a few minutes on any machine (short inputs, small CRNN
+#                 and tiny Demucs where the step allows)
+#   SEED_WAY      1: add step 5;  RSS  1: add step 6
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,13 +47,24 @@ py="${PYTHON:-python3}"
 venv="${VENV:-${TMPDIR:-/tmp}/hs-gpu-venv}"
 device="${DEVICE:-cuda}"
 minutes="${MINUTES:-10}"
-batch="${SEPARATOR_BATCH:-4}"
+long_minutes="${LONG_MINUTES:-120}"
+piece_minutes=10
+read -r -a sep_batches <<< "${SEP_BATCHES:-1 8 32 64}"
+read -r -a crnn_batches <<< "${CRNN_BATCHES:-16 64 256 512}"
+crnn_windows=1024
 crnn=full
 separator=full
 stage_minutes=3
 rss_minutes=(10 60)
 if [ "${QUICK:-0}" = 1 ]; then
-    minutes=0.5; crnn=small; separator=tiny; stage_minutes=0.5; rss_minutes=(0.5 1)
+    minutes=0.5; long_minutes=1; piece_minutes=0.5; crnn=small; separator=tiny
+    stage_minutes=0.5; rss_minutes=(0.5 1); crnn_windows=8
+    read -r -a sep_batches <<< "${SEP_BATCHES:-1 4}"
+    read -r -a crnn_batches <<< "${CRNN_BATCHES:-4}"
+fi
+
+if [ "${1:-}" = --have ]; then  # what this machine has, so that only the rest travels
+    exec "$py" -m pip list --format=freeze --disable-pip-version-check
 fi
 
 say() { echo "gpu_suite: $*" >&2; }
@@ -92,18 +114,50 @@ step() {  # step NAME ARGS...: one bench run, its table to the terminal and NAME
     "${bench[@]}" "$@" --json-out "$results/$name.json" | tee "$results/$name.txt"
 }
 
-compare=(--compare-seed)
-[ "${SEED_WAY:-1}" = 0 ] && compare=()
-step compare "${compare[@]}" --minutes "$minutes" "${models[@]}" --separator-batch "$batch"
-for b in 1 8; do
-    step "separate_batch$b" --stage separate --minutes "$stage_minutes" "${models[@]}" \
-        --separator-batch "$b"
+cuda=0
+[[ "$device" == cuda* ]] && cuda=1
+precisions=(fp32)
+[ "$cuda" = 1 ] && precisions+=(half)  # float16 separation runs on CUDA only
+
+for b in "${sep_batches[@]}"; do  # 1. separation alone
+    for prec in "${precisions[@]}"; do
+        half=(); [ "$prec" = half ] && half=(--half)
+        step "sep_b${b}_$prec" --stage separate --minutes "$stage_minutes" "${models[@]}" \
+            --separator-batch "$b" "${half[@]}"
+    done
 done
-if [[ "$device" == cuda* ]]; then
-    step half --minutes "$minutes" "${models[@]}" --separator-batch "$batch" --half
+best=$("$run_py" -c '
+import json, pathlib, re, sys
+runs = []
+for p in pathlib.Path(sys.argv[1]).glob("sep_b*_*.json"):
+    m = re.fullmatch(r"sep_b(\d+)_(fp32|half)\.json", p.name)
+    runs.append((json.loads(p.read_text())["engine"]["x_realtime"], int(m[1])))
+print(max(runs)[1])' "$results")
+say "best separator batch: $best"
+
+say "== crnn: the CRNN alone at batch ${crnn_batches[*]} =="  # 2. the CRNN alone
+"$run_py" -m highlightsense.benchmarks.crnn_throughput --device "$device" \
+    --batch-size "${crnn_batches[@]}" --windows "$crnn_windows" --rounds 2 --size "$crnn" \
+    --json-out "$results/crnn.json" | tee "$results/crnn.txt"
+
+if [ "$cuda" = 1 ]; then  # 3. fidelity: the same input and weights, fp32 and --half
+    step fid_fp32 --minutes "$minutes" "${models[@]}" --separator-batch "$best"
+    step fid_half --minutes "$minutes" "${models[@]}" --separator-batch "$best" --half
 fi
-if [ "${RSS:-0}" = 1 ]; then
-    step rss --rss-minutes "${rss_minutes[@]}" --random-model "$crnn" --separator-batch "$batch"
+
+long="${INPUT_DIR:-${TMPDIR:-/tmp}/hs-gpu-input}/long_${long_minutes}min.m4a"  # 4. end to end
+mkdir -p "$(dirname "$long")"
+"$run_py" -m highlightsense.benchmarks.long_input --minutes "$long_minutes" \
+    --piece-minutes "$piece_minutes" --out "$long"
+half=(); [ "$cuda" = 1 ] && half=(--half)
+step e2e --input "$long" "${models[@]}" --separator-batch "$best" "${half[@]}"
+
+if [ "${SEED_WAY:-0}" = 1 ]; then  # 5. against the notebook's way
+    step compare --compare-seed --minutes "$minutes" "${models[@]}" --separator-batch "$best"
 fi
+if [ "${RSS:-0}" = 1 ]; then  # 6. flat memory
+    step rss --rss-minutes "${rss_minutes[@]}" --random-model "$crnn" --separator-batch "$best"
+fi
+"$run_py" -m highlightsense.benchmarks.gpu_report "$results"
 say "done in $(( $(date +%s) - began )) s; results in $results"
 ls -l "$results" >&2
