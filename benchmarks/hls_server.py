@@ -229,6 +229,7 @@ class HlsServer(ThreadingHTTPServer):
         self.throttle_bps: Optional[int] = None  # per connection
         self.stall_sec = 60.0
         self.requests: List[Request] = []
+        self.connections = 0  # TCP connections accepted (keep-alive reuses one for many requests)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = None
@@ -259,6 +260,11 @@ class HlsServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         pass  # clients that hang up early (yt-dlp probing a file, a cancelled fetch) are normal
+
+    def process_request(self, request, client_address):
+        with self._lock:
+            self.connections += 1
+        super().process_request(request, client_address)
 
     def take_fault(self, path: str) -> Optional[str]:
         with self._lock:
