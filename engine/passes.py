@@ -53,8 +53,11 @@ def open_source(input_path: str, cfg: Config, start_sample: int = 0,
     from highlightsense.operators.sources.resolve import is_url, open_audio
 
     if is_url(input_path):
+        from highlightsense.operators.sources.fetch import FetchPolicy
+
         source = open_audio(input_path, cfg.audio_stream, cfg.chunk_sec,
-                            parallel=cfg.hls_fragments)
+                            parallel=cfg.hls_fragments,
+                            policy=FetchPolicy(allow_private_hosts=cfg.allow_private_hosts))
     else:
         source = AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec,
                               start_sample=start_sample, sync_points=sync_points)

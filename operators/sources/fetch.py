@@ -492,7 +492,7 @@ class Download:
                     # Past the bytes we have (a server ignoring Range sends all again).
                     cut = min(skip, len(piece))
                     skip -= cut
-                    piece = piece[cut:]
+                    piece = piece[cut:cut + self._room()]
                     if not piece:
                         continue
                 with self._cond:

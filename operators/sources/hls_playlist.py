@@ -214,8 +214,9 @@ def parse_playlist(text: str, url: str) -> Union[MasterPlaylist, MediaPlaylist]:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines or not lines[0].startswith("#EXTM3U"):
         raise HighlightSenseError(f"{url} is not an HLS playlist (no #EXTM3U header)")
-    parse = _parse_master if any(line.startswith("#EXT-X-STREAM-INF") for line in lines) \
-        else _parse_media
+    master = "#EXT-X-STREAM-INF" in text and any(  # the scan only when the tag is there
+        line.startswith("#EXT-X-STREAM-INF") for line in lines)
+    parse = _parse_master if master else _parse_media
     at = [0]  # the line being read, for the message
     try:
         return parse(lines, url, at)
@@ -260,8 +261,23 @@ def _parse_media(lines: List[str], url: str, at: List[int]) -> MediaPlaylist:
     discontinuity_pending = False
     join = _joiner(url)
     for at[0], line in enumerate(lines):
+        if line[0] != "#":  # a URI: the commonest line, with EXTINF
+            if duration is None:
+                continue
+            if discontinuity_pending:
+                disc += 1
+                discontinuity_pending = False
+            ad = in_cue or cue_tagged or "amazon" in (title or "").lower()
+            segments.append(Segment(join(line), duration, sequence + len(segments), disc,
+                                    title or "", byterange, init, date, ad))
+            if byterange:
+                next_offset = byterange[0] + byterange[1]
+            date = _later(date, duration)
+            duration = title = byterange = None
+            cue_tagged = False
+            continue
         tag, _, value = line.partition(":")
-        if tag == "#EXTINF":  # the commonest tag first
+        if tag == "#EXTINF":
             d, _, title = value.partition(",")
             duration = _seconds(d, "EXTINF")
         elif tag == "#EXT-X-TARGETDURATION":
@@ -312,18 +328,6 @@ def _parse_media(lines: List[str], url: str, at: List[int]) -> MediaPlaylist:
             cue_tagged = True
         elif tag == "#EXT-X-CUE-IN":
             in_cue = False
-        elif not line.startswith("#") and duration is not None:
-            if discontinuity_pending:
-                disc += 1
-                discontinuity_pending = False
-            ad = in_cue or cue_tagged or "amazon" in (title or "").lower()
-            segments.append(Segment(join(line), duration, sequence + len(segments), disc,
-                                    title or "", byterange, init, date, ad))
-            if byterange:
-                next_offset = byterange[0] + byterange[1]
-            date = _later(date, duration)
-            duration = title = byterange = None
-            cue_tagged = False
     for s in segments:  # DATERANGE tags may come anywhere: match them once all are read
         if s.date is not None and any(a <= s.date < b for a, b in ad_ranges):
             s.ad = True
