@@ -53,6 +53,7 @@ class FetchPolicy:
     backoff_sec: float = 0.5  # wait before the 2nd try, doubled for each next one
     max_backoff_sec: float = 8.0
     timeout_sec: float = 10.0  # socket timeout: connect and each read
+    connect_timeout_sec: Optional[float] = None  # for the connect alone (None: timeout_sec)
     stall_sec: float = 20.0  # watchdog: no byte for this long ends the attempt
     deadline_sec: float = 30.0  # watchdog: an attempt taking longer than this ends (Download)
     headers: Dict[str, str] = field(default_factory=dict)  # e.g. yt-dlp's http_headers
@@ -187,7 +188,7 @@ def _manager(scheme: str, host: str, port: int) -> urllib3.PoolManager:
                     manager = urllib3.ProxyManager(proxy, num_pools=32, maxsize=_POOL_SIZE)
                 except (urllib3.exceptions.HTTPError, ValueError) as e:
                     raise GiveUp(f"cannot use the proxy {proxy} from the environment: "
-                                 f"{_reason(e)}") from None
+                                 f"{describe_error(e)}") from None
             manager.pool_classes_by_scheme = _POOL_CLASSES
             _managers[proxy] = manager
         return manager
@@ -276,7 +277,7 @@ _WATCHDOG = _Watchdog()
 
 
 def _connect(url: str, policy: FetchPolicy, first: int, last: Optional[int],
-             attempt: _Attempt) -> Tuple[urllib3.BaseHTTPResponse, str]:
+             attempt: _Attempt, method: str = "GET") -> Tuple[urllib3.BaseHTTPResponse, str]:
     """GET url from byte `first` (to `last`, inclusive, when given), following redirects.
     Returns the response (also kept as attempt.response) and the final URL. The policy's headers
     go to its origin only, and not past a redirect to another origin."""
@@ -294,11 +295,12 @@ def _connect(url: str, policy: FetchPolicy, first: int, last: Optional[int],
         _current.attempt = attempt
         try:
             response = _manager(scheme, host, port).urlopen(
-                "GET", url, headers=headers, redirect=False, retries=False,
+                method, url, headers=headers, redirect=False, retries=False,
                 preload_content=False, decode_content=False, assert_same_host=False,
-                timeout=urllib3.Timeout(connect=policy.timeout_sec, read=policy.timeout_sec))
+                timeout=urllib3.Timeout(connect=policy.connect_timeout_sec or policy.timeout_sec,
+                                        read=policy.timeout_sec))
         except urllib3.exceptions.LocationParseError as e:
-            raise GiveUp(f"bad URL {url!r}: {_reason(e)}") from None
+            raise GiveUp(f"bad URL {url!r}: {describe_error(e)}") from None
         finally:
             _current.attempt = None
         attempt.response = response
@@ -343,15 +345,32 @@ def _body_start(response, first: int) -> Tuple[int, Optional[int]]:
     raise Retry(f"HTTP {status} {response.reason or ''}".strip())
 
 
-def _reason(e: BaseException) -> str:
-    if isinstance(e, (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
+def _cause(e: BaseException) -> BaseException:
+    """The error inside urllib3's wrappers (a proxy's, a broken connection's)."""
+    while isinstance(e, (urllib3.exceptions.ProxyError, urllib3.exceptions.ProtocolError)) \
+            and e.args and isinstance(e.args[-1], BaseException):
+        e = e.args[-1]
+    return e
+
+
+def is_timeout(e: BaseException) -> bool:
+    e = _cause(e)
+    if isinstance(e, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+        return False  # (a connect that timed out is a ConnectTimeoutError itself)
+    return isinstance(e, (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError))
+
+
+def describe_error(e: BaseException) -> str:
+    """A network error in a few words: "timed out", "Connection refused", "Tunnel connection
+    failed: 403 Forbidden", ..."""
+    if is_timeout(e):
         return "timed out"
-    if isinstance(e, urllib3.exceptions.NewConnectionError):
-        return f"cannot connect: {str(e).rpartition(': ')[2]}"
-    if isinstance(e, urllib3.exceptions.ProtocolError) and e.args:
-        e = e.args[-1] if isinstance(e.args[-1], BaseException) else e
+    e = _cause(e)
     text = str(e) or type(e).__name__
+    if isinstance(e, urllib3.exceptions.NewConnectionError):  # "Pool(...): Failed ...: [Errno]"
+        text = text.rpartition(": ")[2]
     return " ".join(text.split())
+
 
 
 # The errors one attempt can end with that another attempt may not have.
@@ -443,7 +462,7 @@ class Download:
                     last = str(e)
                     break
                 except _TRANSIENT as e:
-                    last = _reason(e)
+                    last = describe_error(e)
                     self.failures += 1
                     if attempt < self.policy.tries:
                         log.debug("%s: %s; retrying from byte %d", self.label, last,
@@ -453,7 +472,7 @@ class Download:
                 f"could not fetch {self.label} after {self.failures or 1} "
                 f"tr{'ies' if self.failures > 1 else 'y'}: {last}")
         except BaseException as e:  # a bug, or an error no test has seen: the reader must hear
-            error = HighlightSenseError(f"could not fetch {self.label}: {_reason(e)} "
+            error = HighlightSenseError(f"could not fetch {self.label}: {describe_error(e)} "
                                         f"({type(e).__name__})")
         with self._cond:
             self.error = error
@@ -520,6 +539,14 @@ class Download:
         the Content-Length), else up to one past the bound (to notice a body that goes on)."""
         end = self.size if self.size is not None else self.max_bytes + 1
         return end - len(self.data)
+
+
+def open_url(url: str, policy: FetchPolicy, method: str = "GET") -> urllib3.BaseHTTPResponse:
+    """One request through the shared pools and the environment's proxies, redirects followed
+    (the policy's headers to its origin only), no retries and no watchdog: for callers with a
+    loop of their own (the separator's weights download). The body is unread: read it (read1),
+    then release_conn(). Raises GiveUp or urllib3's errors (describe_error says them)."""
+    return _connect(url, policy, 0, None, _Attempt(policy.stall_sec), method)[0]
 
 
 def fetch_bytes(url: str, policy: FetchPolicy, label: Optional[str] = None,
@@ -619,7 +646,7 @@ class HttpFile(io.RawIOBase):
                 raise HighlightSenseError(f"could not read {self.url}: {e}") from None
             except _TRANSIENT as e:
                 stalled = self._attempt is not None and self._attempt.stalled
-                last = stalled or _reason(e)
+                last = stalled or describe_error(e)
                 self._drop()
                 failures += 1
                 if self._closing:
