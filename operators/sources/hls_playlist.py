@@ -102,15 +102,16 @@ class MasterPlaylist:
     variants: List[Variant]
     renditions: List[Rendition]
 
-    def audio_uri(self) -> str:
-        """An audio rendition, else the best audio-only variant, else the smallest variant."""
+    def audio_uri(self) -> Optional[str]:
+        """An audio rendition, else the best audio-only variant, else the smallest variant;
+        None when there is none of them."""
         audio = [r for r in self.renditions if r.kind == "AUDIO" and r.uri]
         if audio:
             return next((r for r in audio if r.default), audio[0]).uri
         only = [v for v in self.variants if v.audio_only]
         if only:
             return max(only, key=lambda v: v.bandwidth).uri
-        return min(self.variants, key=lambda v: v.bandwidth).uri
+        return min(self.variants, key=lambda v: v.bandwidth).uri if self.variants else None
 
     def video_uri(self) -> Optional[str]:
         """The largest variant with video (yt-dlp's "best"), None when there is none."""
@@ -199,8 +200,9 @@ def _joiner(url: str):
     directory = head[:slash + 1] if "://" in head and slash > head.find("://") + 2 else None
 
     def join(uri: str) -> str:
-        if directory is not None and uri[:1] not in ("/", ".", "?", "#", "") and \
-                ":" not in uri and "/." not in uri and "\\" not in uri:
+        if directory is not None and uri[:1] not in ("/", ".", "?", "#", "", " ") and \
+                ":" not in uri and ";" not in uri and "/." not in uri and "\\" not in uri \
+                and uri.isprintable():
             return directory + uri
         return urljoin(url, uri)
     return join
