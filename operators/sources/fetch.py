@@ -55,7 +55,9 @@ class FetchPolicy:
     timeout_sec: float = 10.0  # socket timeout: connect and each read
     connect_timeout_sec: Optional[float] = None  # for the connect alone (None: timeout_sec)
     stall_sec: float = 20.0  # watchdog: no byte for this long ends the attempt
-    deadline_sec: float = 30.0  # watchdog: an attempt taking longer than this ends (Download)
+    # Watchdog: an attempt at a playlist or segment taking longer than this ends (and is
+    # retried); a segment gets 3 x its EXTINF more (operators.sources.hls_reader).
+    deadline_sec: float = 30.0
     headers: Dict[str, str] = field(default_factory=dict)  # e.g. yt-dlp's http_headers
     # The URL the headers were issued for: they go to its origin (scheme, host, port) only, and
     # its host decides whether private addresses may be fetched. None: each transfer's own URL.
@@ -385,7 +387,8 @@ class Download:
 
     max_bytes: the most the body may hold (default MAX_BODY_BYTES); past it the download stops
     with an error naming the URL and the bound. deadline_sec: how long one attempt may take
-    (default the policy's); past it the attempt is retried, as after a stall."""
+    (None: no limit but the stall watchdog's); past it the attempt is retried, as after a
+    stall, resuming where it stopped."""
 
     def __init__(self, url: str, policy: FetchPolicy, byterange: Optional[Tuple[int, int]] = None,
                  label: Optional[str] = None, max_bytes: Optional[int] = None,
@@ -395,7 +398,7 @@ class Download:
         self.byterange = byterange
         self.label = label or url
         self.max_bytes = max_bytes or MAX_BODY_BYTES
-        self.deadline_sec = deadline_sec if deadline_sec is not None else policy.deadline_sec
+        self.deadline_sec = deadline_sec
         self.data = bytearray()
         self.size: Optional[int] = byterange[1] if byterange else None
         self.done = False
@@ -550,10 +553,10 @@ def open_url(url: str, policy: FetchPolicy, method: str = "GET") -> urllib3.Base
 
 
 def fetch_bytes(url: str, policy: FetchPolicy, label: Optional[str] = None,
-                byterange: Optional[Tuple[int, int]] = None,
-                max_bytes: Optional[int] = None) -> bytes:
+                byterange: Optional[Tuple[int, int]] = None, max_bytes: Optional[int] = None,
+                deadline_sec: Optional[float] = None) -> bytes:
     """The whole body of url, with the retries, bounds and watchdog of Download."""
-    return Download(url, policy, byterange, label, max_bytes).start().result()
+    return Download(url, policy, byterange, label, max_bytes, deadline_sec).start().result()
 
 
 # -- HttpFile: a seekable file over HTTP, for PyAV ------------------------------------------------

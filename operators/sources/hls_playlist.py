@@ -351,7 +351,8 @@ def _parse_media(lines: List[str], url: str, at: List[int]) -> MediaPlaylist:
 
 def fetch_playlist(url: str, policy: FetchPolicy) -> bytes:
     """A playlist's bytes, at most MAX_PLAYLIST_BYTES of them."""
-    return fetch_bytes(url, policy, label=f"playlist {url}", max_bytes=MAX_PLAYLIST_BYTES)
+    return fetch_bytes(url, policy, label=f"playlist {url}", max_bytes=MAX_PLAYLIST_BYTES,
+                       deadline_sec=policy.deadline_sec)
 
 
 def load_playlist(url: str, policy: FetchPolicy) -> Union[MasterPlaylist, MediaPlaylist]:

@@ -114,7 +114,8 @@ class HlsReader:
             if len(self._init_cache) >= 8:  # a live playlist may name a new one for each
                 self._init_cache.pop(next(iter(self._init_cache)))
             self._init_cache[segment.init] = fetch_bytes(uri, self.policy, f"init section {uri}",
-                                                         rng, max_bytes=SEGMENT_MIN_BOUND)
+                                                         rng, max_bytes=SEGMENT_MIN_BOUND,
+                                                         deadline_sec=self.policy.deadline_sec)
         return self._init_cache[segment.init]
 
     def fragments(self) -> Iterator[Fragment]:
