@@ -270,7 +270,7 @@ def test_finding7_headers_go_to_their_origin_only_and_not_past_a_cross_origin_re
         server.handlers["/x/1.ts"] = answer(302, [("Location", cdn.url("/seg/1.ts")),
                                                   ("Content-Length", "0")])
         url = playlist(server, "/x/a.m3u8", ["0.ts", "1.ts", cdn.url("/seg/2.ts")])
-        secret = {"Cookie": "session=s3cret", "X-Secret": "hunter2"}
+        secret = {"Cookie": "session=s3cret", "X-Secret": "hunter2", "User-Agent": "Browser/1"}
         bodies, _ = read_all(url, FetchPolicy(tries=2, headers=secret))
         assert bodies == [b"zero", b"one", b"two"]
         for request in server.requests:  # the origin (playlist and its segments) gets them
@@ -279,6 +279,7 @@ def test_finding7_headers_go_to_their_origin_only_and_not_past_a_cross_origin_re
         assert len(cdn.requests) == 2
         for request in cdn.requests:  # another origin (another port) does not
             assert "Cookie" not in request.headers and "X-Secret" not in request.headers
+            assert request.headers["User-Agent"] == "Browser/1"  # the client's, not the user's
 
 
 class _Proxy(ThreadingHTTPServer):
@@ -411,6 +412,7 @@ def test_http_file_refuses_a_redirect_from_public_to_private(public, server):
     ("#EXTINF:nan,", "EXTINF"),
     ("#EXTINF:-1,", "EXTINF"),
     ("#EXT-X-DISCONTINUITY-SEQUENCE:x", "EXT-X-DISCONTINUITY-SEQUENCE"),
+    ('#EXT-X-MAP:URI="http://[::1/init.mp4"', "bad URI: Invalid IPv6 URL"),  # found by fuzzing
 ])
 def test_finding10_malformed_playlist_lines_are_one_line_errors(line, says):
     text = f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n{line}\n#EXTINF:2,\ns.ts\n#EXT-X-ENDLIST\n"

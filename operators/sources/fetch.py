@@ -43,6 +43,10 @@ USER_AGENT = "highlightsense/0.1"
 _PIECE = 64 * 1024
 _REDIRECTS = 5
 _GIVE_UP = {400, 401, 403, 405, 410, 451}  # retrying cannot fix these
+# yt-dlp's headers that describe the client, not the user: sent to every host (CDNs may refuse
+# a client without them); the others (Cookie, Authorization, a site's own) go to the origin only.
+PUBLIC_HEADERS = frozenset({"user-agent", "accept", "accept-language", "referer", "origin",
+                            "sec-fetch-mode"})
 MAX_BODY_BYTES = 256 * 2**20  # a Download with no bound of its own keeps at most this much
 _POOL_SIZE = 16  # connections kept alive per host (more than the segments fetched at once)
 
@@ -282,15 +286,16 @@ def _connect(url: str, policy: FetchPolicy, first: int, last: Optional[int],
              attempt: _Attempt, method: str = "GET") -> Tuple[urllib3.BaseHTTPResponse, str]:
     """GET url from byte `first` (to `last`, inclusive, when given), following redirects.
     Returns the response (also kept as attempt.response) and the final URL. The policy's headers
-    go to its origin only, and not past a redirect to another origin."""
+    go to its origin only (but PUBLIC_HEADERS), and not past a redirect to another origin."""
     first_url = url
     home = _origin(policy.origin or url)
-    send_headers = True
+    at_home = True
+    public = {k: v for k, v in policy.headers.items() if k.lower() in PUBLIC_HEADERS}
     for _ in range(_REDIRECTS + 1):
         scheme, host, port = _check_target(url, policy, first_url)
-        send_headers = send_headers and _origin(url) == home
+        at_home = at_home and _origin(url) == home
         # Bytes as stored: a compressed body could not be resumed by Range.
-        headers = {"User-Agent": USER_AGENT, **(policy.headers if send_headers else {}),
+        headers = {"User-Agent": USER_AGENT, **(policy.headers if at_home else public),
                    "Accept-Encoding": "identity"}
         if first or last is not None:
             headers["Range"] = f"bytes={first}-{'' if last is None else last}"

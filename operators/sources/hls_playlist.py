@@ -191,6 +191,13 @@ def _byterange(text: str, previous_end: int) -> Tuple[int, int]:
             _integer(length, "a byte range's length"))
 
 
+def _join(url: str, uri: str) -> str:
+    try:
+        return urljoin(url, uri)
+    except ValueError as e:  # "Invalid IPv6 URL", a bad port
+        raise _BadLine(f"bad URI: {e}") from None
+
+
 def _joiner(url: str):
     """urljoin(url, uri), fast for the usual plain relative name ("seg-1.ts?t=x"): a playlist
     lists up to MAX_SEGMENTS of them and a live one is parsed on every reload."""
@@ -204,7 +211,7 @@ def _joiner(url: str):
                 ":" not in uri and ";" not in uri and "/." not in uri and "\\" not in uri \
                 and uri.isprintable():
             return directory + uri
-        return urljoin(url, uri)
+        return _join(url, uri)
     return join
 
 
@@ -238,11 +245,11 @@ def _parse_master(lines: List[str], url: str, at: List[int]) -> MasterPlaylist:
             a = attributes(line.split(":", 1)[1])
             renditions.append(Rendition(a.get("TYPE", ""), a.get("GROUP-ID", ""),
                                         a.get("NAME", ""),
-                                        urljoin(url, a["URI"]) if "URI" in a else None,
+                                        _join(url, a["URI"]) if "URI" in a else None,
                                         a.get("DEFAULT") == "YES"))
         elif not line.startswith("#") and pending is not None:
             bandwidth = pending.get("BANDWIDTH", "")
-            variants.append(Variant(urljoin(url, line),
+            variants.append(Variant(_join(url, line),
                                     _integer(bandwidth, "BANDWIDTH") if bandwidth else 0,
                                     pending.get("CODECS", ""), pending.get("RESOLUTION", ""),
                                     pending.get("AUDIO", ""), pending.get("VIDEO", "")))
@@ -305,7 +312,7 @@ def _parse_media(lines: List[str], url: str, at: List[int]) -> MediaPlaylist:
             a = attributes(value)
             if not a.get("URI"):
                 raise _BadLine("EXT-X-MAP has no URI")
-            init = (urljoin(url, a["URI"]),
+            init = (_join(url, a["URI"]),
                     _byterange(a["BYTERANGE"], 0) if "BYTERANGE" in a else None)
         elif tag == "#EXT-X-KEY":
             method = attributes(value).get("METHOD", "NONE")
