@@ -315,7 +315,10 @@ def _connect(url: str, policy: FetchPolicy, first: int, last: Optional[int],
         location = response.headers.get("Location")
         if response.status in (301, 302, 303, 307, 308) and location:
             attempt.close()
-            url = urljoin(url, location)
+            try:
+                url = urljoin(url, location)
+            except ValueError as e:
+                raise GiveUp(f"a redirect to a bad URL {location!r}: {e}") from None
             continue
         return response, url
     raise GiveUp(f"too many redirects from {first_url}")
