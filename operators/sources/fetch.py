@@ -239,6 +239,9 @@ class _Attempt:
         """Ends the attempt; its connection goes back to the pool only when `reusable` (the
         body was read to its end), else it is closed."""
         _WATCHDOG.unwatch(self)
+        self.drop_response(reusable)
+
+    def drop_response(self, reusable: bool = False) -> None:
         response, self.response = self.response, None
         if response is None:
             return
@@ -314,7 +317,7 @@ def _connect(url: str, policy: FetchPolicy, first: int, last: Optional[int],
         attempt.progress()
         location = response.headers.get("Location")
         if response.status in (301, 302, 303, 307, 308) and location:
-            attempt.close()
+            attempt.drop_response()  # still watched: the next hop may stall too
             try:
                 url = urljoin(url, location)
             except ValueError as e:
