@@ -5,7 +5,7 @@ passes when it ends within CASE_BOUND_SEC with its fragments or with a Highlight
 line, under MEMORY_BOUND bytes (tracemalloc); any other exception, a hang or more memory fails.
 
 Hypothesis profiles: "hls-ci" (the default: 300 cases, and at most HS_FUZZ_HLS_SECONDS seconds,
-default 30) and "hls-long" (5000 cases, no time cap), chosen by HS_FUZZ_HLS_PROFILE:
+default 25) and "hls-long" (5000 cases, no time cap), chosen by HS_FUZZ_HLS_PROFILE:
 
     HS_FUZZ_HLS_PROFILE=hls-long pytest -q -s tests/test_fuzz_hls.py
 """
@@ -28,7 +28,7 @@ from highlightsense.operators.sources.hls_reader import HlsReader
 
 CASE_BOUND_SEC = 10.0
 MEMORY_BOUND = 48 * 2**20
-SECONDS = float(os.environ.get("HS_FUZZ_HLS_SECONDS", 30))
+SECONDS = float(os.environ.get("HS_FUZZ_HLS_SECONDS", 25))
 POLICY = FetchPolicy(tries=2, backoff_sec=0.01, timeout_sec=1.0, stall_sec=1.0,
                      deadline_sec=2.0)
 
