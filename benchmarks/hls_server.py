@@ -11,7 +11,10 @@
 A segment is a complete MPEG-TS file of its own (PAT/PMT and all), cut at video keyframes, as
 real HLS segmenters cut them; timestamps run on across segments. Faults, consumed one per request
 of that path: "drop" (half the body, then the connection closes), "404", "500", "stall" (half the
-body, then nothing until the server stops or `stall_sec` passes). Range requests are honoured.
+body, then nothing until the server stops or `stall_sec` passes). Range requests are honoured
+(unless `ignore_range`: then the whole file, with 200, as some servers do). For attacks,
+`handlers[path]` answers that path with a function of the request handler; every request's
+headers are kept (Request.headers).
 """
 import io
 import math
@@ -48,7 +51,8 @@ class HlsMedia:
         else:
             audio, bounds = _segment(path, segment_sec, ("audio",), None)
         edges = bounds + [end]
-        durations = [b - a for a, b in zip(edges[:-1], edges[1:])]
+        # (The container's end can fall before the last cut: never a negative EXTINF.)
+        durations = [max(0.0, b - a) for a, b in zip(edges[:-1], edges[1:])]
         return cls(audio, video, durations)
 
 
@@ -216,6 +220,7 @@ class Request:
     range: Optional[str]
     status: int
     at: float = field(default_factory=time.monotonic)
+    headers: Dict[str, str] = field(default_factory=dict)
 
 
 class HlsServer(ThreadingHTTPServer):
@@ -226,9 +231,12 @@ class HlsServer(ThreadingHTTPServer):
         self.files: Dict[str, bytes] = {}
         self.dynamic: Dict[str, Callable[[], str]] = {}
         self.faults: Dict[str, List[str]] = {}
+        self.handlers: Dict[str, Callable[[BaseHTTPRequestHandler], None]] = {}
+        self.ignore_range = False
         self.throttle_bps: Optional[int] = None  # per connection
         self.stall_sec = 60.0
         self.requests: List[Request] = []
+        self.connections = 0  # TCP connections accepted (keep-alive reuses one for many requests)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = None
@@ -259,6 +267,11 @@ class HlsServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         pass  # clients that hang up early (yt-dlp probing a file, a cancelled fetch) are normal
+
+    def process_request(self, request, client_address):
+        with self._lock:
+            self.connections += 1
+        super().process_request(request, client_address)
 
     def take_fault(self, path: str) -> Optional[str]:
         with self._lock:
@@ -344,6 +357,9 @@ class HlsServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as real servers set it: else, on a kept-alive connection, the body waits
+    # behind the headers for the client's delayed ACK (40 ms a request).
+    disable_nagle_algorithm = True
     server: HlsServer
 
     def log_message(self, *args):  # quiet
@@ -357,6 +373,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool):
         path = self.path.split("?")[0]
+        if path in self.server.handlers:
+            self.server.log(Request(path, self.headers.get("Range"), 0, headers=dict(self.headers)))
+            self.server.handlers[path](self)
+            return
         fault = self.server.take_fault(path)
         if path in self.server.dynamic:
             data = self.server.dynamic[path]().encode()
@@ -371,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start, status = 0, 200
         rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
+        if rng and rng.startswith("bytes=") and not self.server.ignore_range:
             first, _, last = rng[6:].partition("-")
             start = int(first)
             end = int(last) + 1 if last else len(data)
@@ -384,7 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             data, status = data[start:min(end, len(data))], 206
             total = len(self.server.files.get(path, b"")) or start + len(data)
-        self.server.log(Request(path, rng, status))
+        self.server.log(Request(path, rng, status, headers=dict(self.headers)))
         self.send_response(status)
         ext = path[path.rfind("."):]
         self.send_header("Content-Type", CONTENT_TYPES.get(ext, "application/octet-stream"))

@@ -61,6 +61,10 @@ _SHARED = {
                               f"(default {default_of('nms_window')})"),
     "--device": dict(metavar="D", help="auto (cuda, then mps, then cpu), cpu, cuda, ..."),
     "--quiet": dict(action="store_true", help="no progress, warnings only"),
+    "--allow-private-hosts": dict(action="store_const", const=True,
+                                  help="for URLs: let a playlist on a public host list segments "
+                                       "(or redirect) on loopback, private or link-local "
+                                       "addresses (refused by default)"),
 }
 
 
@@ -183,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
                    help="demucs model for the voice/game split: a name (htdemucs, "
                         "htdemucs_ft, ...) or a local .th, .safetensors or repo folder")
     _shared(d, "--device")
+    _shared(d, "--allow-private-hosts")
     d.add_argument("--separator-batch", type=int, metavar="N",
                    help="Demucs segments per forward call "
                         f"(default {default_of('separator_batch')})")
@@ -207,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
         "selection used; the flags given change only what they name."))
     s.add_argument("out_dir", metavar="OUT_DIR", help="the --out folder of a detect run")
     _selection_flags(s)
+    _shared(s, "--allow-private-hosts")
 
     _export_parser(sub)
     _watch_parser(sub)
@@ -308,6 +314,7 @@ def _watch_parser(sub) -> None:
                         "about 60 s ahead, so its events come about a minute and a half late)")
     w.add_argument("--separator", metavar="NAME_OR_PATH", help="demucs model (with --model)")
     _shared(w, "--device")
+    _shared(w, "--allow-private-hosts")
     how = w.add_mutually_exclusive_group()
     how.add_argument("--threshold", type=float, metavar="SCORE",
                      help="a highlight is a window scoring at least SCORE, an absolute score "
@@ -417,6 +424,7 @@ def _select(args) -> int:
 
 def _watch(args) -> int:
     from highlightsense.engine.watch import WatchOptions, summary_line, watch
+    from highlightsense.operators.sources.fetch import FetchPolicy
     from highlightsense.operators.sources.resolve import is_url
 
     if not is_url(args.url):
@@ -428,7 +436,8 @@ def _watch(args) -> int:
     opts = WatchOptions(rolling_percentile=args.rolling_percentile, horizon_sec=args.horizon,
                         max_delay_sec=args.max_delay, events_path=args.events,
                         webhook=args.webhook, clips_dir=args.clips_dir,
-                        start="first" if args.from_start else "live_edge")
+                        start="first" if args.from_start else "live_edge",
+                        policy=FetchPolicy(allow_private_hosts=cfg.allow_private_hosts))
     result = watch(args.url, cfg, opts, show_progress=not args.quiet)
     print(summary_line(result), file=sys.stderr)
     return 0

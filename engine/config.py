@@ -55,6 +55,8 @@ class Config:
     exact_reference: bool = True  # the seed's dB reference is the whole VOD's loudest frame: score
     #                               the windows before it again once it is known (a second pass)
     hls_fragments: int = 4  # HLS segments fetched at once for URL inputs
+    allow_private_hosts: bool = False  # let a URL on a public host lead to loopback, private or
+    #                                    link-local addresses (segments, redirects)
     # Reliability.
     max_duration_sec: Optional[float] = 86400.0  # longer inputs are refused (24 h; None: no limit)
     progress_every_sec: float = 5.0  # how often detect saves its progress record (for resuming)

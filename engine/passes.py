@@ -57,8 +57,11 @@ def open_source(input_path: str, cfg: Config, start_sample: int = 0,
     if uses_tracks(cfg):
         source = _track_source(input_path, cfg, start_sample)
     elif is_url(input_path):
+        from highlightsense.operators.sources.fetch import FetchPolicy
+
         source = open_audio(input_path, cfg.audio_stream, cfg.chunk_sec,
-                            parallel=cfg.hls_fragments)
+                            parallel=cfg.hls_fragments,
+                            policy=FetchPolicy(allow_private_hosts=cfg.allow_private_hosts))
     else:
         source = AudioDecoder(input_path, stream_index=cfg.audio_stream, chunk_sec=cfg.chunk_sec,
                               start_sample=start_sample, sync_points=sync_points)

@@ -186,11 +186,13 @@ def cut_clips(out_dir: Path, selection: Selection, cfg: Config, info: dict):
 
     if is_url(info["source"]):  # only each clip's range travels: see operators.sinks.remote_clips
         from highlightsense.operators.sinks.remote_clips import cut_url_clips
+        from highlightsense.operators.sources.fetch import FetchPolicy
 
         return cut_url_clips(info["source"], clips_dir, spans, origin_sec=info["origin_sec"],
                              timeline=info.get("timeline"), exact=cfg.exact_cuts,
                              stream_index=info.get("audio_stream"), parallel=cfg.hls_fragments,
-                             before=before)
+                             before=before,
+                             policy=FetchPolicy(allow_private_hosts=cfg.allow_private_hosts))
     from highlightsense.operators.sinks.clips import cut_clips as cut
 
     return cut(info["source"], clips_dir, spans, origin_sec=info["origin_sec"],

@@ -15,14 +15,12 @@ model classes and Fraction allowed, and a `.safetensors` must name one of those 
 anything else is refused by name.
 """
 import hashlib
-import http.client
 import json
 import os
 import pickle
 import re
 import sys
 import urllib.parse
-import urllib.request
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -41,6 +39,7 @@ from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
 from demucs.states import load_model
 
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.operators.sources.fetch import FetchPolicy, describe_error, is_timeout, open_url
 
 DEFAULT_MODEL = "htdemucs"
 MODEL_CLASSES = {f"{k.__module__}.{k.__name__}": k for k in (HTDemucs, HDemucs, Demucs)}
@@ -301,15 +300,30 @@ class _Unreachable(Exception):
 
 
 def _why(e: BaseException, timeout: float = CONNECT_TIMEOUT_SEC) -> str:
-    """Why a request failed: its HTTP status, a timeout, or the network error's own words."""
-    status = getattr(getattr(e, "response", None), "status_code", None) or getattr(e, "code", None)
-    if isinstance(status, int):
-        return f"HTTP {status}"
-    reason = getattr(e, "reason", None) or e  # urllib's URLError wraps the socket's error
-    if isinstance(reason, TimeoutError) or "Timeout" in type(e).__name__:
+    """Why a request failed: a timeout, or the network error's own words."""
+    if is_timeout(e):
         return f"no answer within {timeout:g} s"
-    text = re.sub(r"^\[Errno -?\d+\] ", "", str(reason).strip().split("\n")[0])[:100]
+    text = re.sub(r"^\[Errno -?\d+\] ", "", describe_error(e))[:100]
     return text or type(e).__name__
+
+
+def _request(url: str, method: str = "GET", headers: Optional[Dict[str, str]] = None):
+    """One request through the project's HTTP transport (operators.sources.fetch: pooled,
+    proxies from the environment): waiting CONNECT_TIMEOUT_SEC for the host (or the proxy's
+    tunnel), READ_TIMEOUT_SEC on each read; no retries. _Unreachable unless it answers < 400."""
+    host = urllib.parse.urlsplit(url).netloc
+    policy = FetchPolicy(tries=1, connect_timeout_sec=CONNECT_TIMEOUT_SEC,
+                         timeout_sec=READ_TIMEOUT_SEC, stall_sec=READ_TIMEOUT_SEC,
+                         headers=headers or {}, allow_private_hosts=True)
+    try:
+        response = open_url(url, policy, method)
+    except Exception as e:
+        raise _Unreachable(host, _why(e)) from e
+    if response.status >= 400:
+        response.close()
+        response.release_conn()
+        raise _Unreachable(host, f"HTTP {response.status}")
+    return response
 
 
 def _failure(e: BaseException) -> str:
@@ -319,7 +333,8 @@ def _failure(e: BaseException) -> str:
 def _from_hf(name: str, local_only: bool) -> BagOfModels:
     """As demucs.hf.get_hf_model: the bag's yaml and one safetensors per model, through the
     HuggingFace cache (downloaded there unless local_only)."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub import constants, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
 
     namespace = DEFAULT_NAMESPACE
     if "/" in name:
@@ -333,60 +348,26 @@ def _from_hf(name: str, local_only: bool) -> BagOfModels:
         host = urllib.parse.urlsplit(constants.ENDPOINT).netloc
         if constants.HF_HUB_OFFLINE:
             raise _Unreachable(host, "HF_HUB_OFFLINE is set")
-        try:  # one HEAD, no retries: hf_hub_download retries a failed one for ~23 s
-            get_hf_file_metadata(hf_hub_url(repo_id, f"{name}.yaml"), timeout=CONNECT_TIMEOUT_SEC)
-        except Exception as e:
-            raise _Unreachable(host, _why(e)) from e
+        # One HEAD, bounded, no retries: hf_hub_download retries a failed one for ~23 s.
+        _request(hf_hub_url(repo_id, f"{name}.yaml"), "HEAD", build_hf_headers()).release_conn()
     bag = yaml.safe_load(fetch(f"{name}.yaml").read_text())
     models = [_load_safetensors(fetch(f"{sig}.safetensors")) for sig in bag["models"]]
     return BagOfModels(models, bag.get("weights"), bag.get("segment"))
 
 
-class _ReadTimeout:
-    """A connection that waits CONNECT_TIMEOUT_SEC (urlopen's timeout) for the host, or the
-    proxy's tunnel, and then READ_TIMEOUT_SEC on each read: a slow transfer is no dead host."""
-
-    def connect(self):
-        super().connect()
-        self.sock.settimeout(READ_TIMEOUT_SEC)
-
-
-class _HTTP(_ReadTimeout, http.client.HTTPConnection):
-    pass
-
-
-class _HTTPS(_ReadTimeout, http.client.HTTPSConnection):
-    pass
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def http_open(self, req):
-        return self.do_open(_HTTP, req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def https_open(self, req):
-        return self.do_open(_HTTPS, req, context=self._context)
-
-
 def _download(url: str, dest: Path, hash_prefix: Optional[str]) -> None:
     """torch.hub.download_url_to_file with bounded waits (it has none): to a partial file,
     the sha256 prefix of demucs's file name checked, then renamed into place; the progress bar
-    on stderr. Proxies as urllib takes them (https_proxy; not ALL_PROXY)."""
+    on stderr. Proxies as urllib takes them (https_proxy, no_proxy; not ALL_PROXY)."""
     from tqdm import tqdm
 
-    opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)  # and env proxies
     host = urllib.parse.urlsplit(url).netloc
     partial = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
     sha256 = hashlib.sha256()
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "torch.hub"})
-        try:
-            response = opener.open(request, timeout=CONNECT_TIMEOUT_SEC)
-        except Exception as e:
-            raise _Unreachable(host, _why(e)) from e
+        response = _request(url, headers={"User-Agent": "torch.hub"})
         size = int(response.headers.get("Content-Length") or 0) or None
-        with response, open(partial, "wb") as f, tqdm(
+        with open(partial, "wb") as f, tqdm(
                 total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
                 file=sys.stderr) as bar:
             try:
@@ -394,9 +375,15 @@ def _download(url: str, dest: Path, hash_prefix: Optional[str]) -> None:
                     f.write(chunk)
                     sha256.update(chunk)
                     bar.update(len(chunk))
-            except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
+            except Exception as e:
+                if size is not None and not is_timeout(e):  # closed early
+                    raise _Unreachable(host, f"the transfer stopped after {bar.n} of {size} "
+                                             "bytes") from e
                 raise _Unreachable(host, f"the transfer stopped after {bar.n} bytes "
                                          f"({_why(e, READ_TIMEOUT_SEC)})") from e
+            finally:
+                response.close()
+                response.release_conn()
         if size is not None and bar.n != size:  # read1 ends quietly on a closed connection
             raise _Unreachable(host, f"the transfer stopped after {bar.n} of {size} bytes")
         digest = sha256.hexdigest()

@@ -275,7 +275,8 @@ def test_every_config_flag_reaches_config(tmp_path):
         "window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n", "clips",
         "exact_cuts", "audio_stream", "batch_size", "model", "separator", "device",
         "separator_batch", "half", "exact_reference", "threshold", "hls_fragments",
-        "max_duration_sec", "order", "voice_track", "game_track", "tracks"}
+        "max_duration_sec", "order", "voice_track", "game_track", "tracks",
+        "allow_private_hosts"}
     positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"]}
     commands = _commands()
     for name, flags in table.items():

@@ -3,13 +3,17 @@ in playlist order, ads skipped (one log line per ad break), with the bytes of ea
 they arrive.
 
 Live playlists are reloaded every target duration (half of it after a reload that brought
-nothing new, as the RFC asks) until EXT-X-ENDLIST, or until no new segment has come for
+nothing new, as the RFC asks; never more often than every MIN_RELOAD_SEC nor less often than
+every MAX_RELOAD_SEC, whatever the playlist says) until EXT-X-ENDLIST, or until no new segment has come for
 `idle_sec`, or the playlist stays unreachable through the retries after segments came (then the
 stream is taken as ended, with a warning).
 
 Fetching. Up to `parallel` segments download at once (operators.sources.fetch: retries, resume by
 Range, watchdog); they are handed on strictly in playlist order, and each can be read while it
-is still arriving. Playlists themselves are parsed by operators.sources.hls_playlist.
+is still arriving. Each segment is bounded: at most max(16 MiB, its EXTINF x 100 Mbit/s) is
+kept (past it, a one-line error), and each attempt at it may take 30 s + 3 x its EXTINF (then it
+is retried, as after a stall). Playlists themselves are parsed by operators.sources.hls_playlist
+(a reload whose text is unchanged is not parsed again).
 """
 import logging
 import threading
@@ -21,11 +25,27 @@ from typing import Dict, Iterator, Optional, Tuple
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.operators.sources.fetch import Download, FetchPolicy, fetch_bytes
 from highlightsense.operators.sources.hls_playlist import (MediaPlaylist, Segment,
-                                                           load_media_playlist, load_playlist)
+                                                           fetch_playlist, load_media_playlist,
+                                                           parse_playlist)
 
 log = logging.getLogger("highlightsense")
 
 LIVE_START_DURATIONS = 3  # live edge: start this many target durations back, as players do
+MIN_RELOAD_SEC = 0.5  # a live playlist saying TARGETDURATION:0 is not reloaded without pause
+MAX_RELOAD_SEC = 30.0
+SEGMENT_MIN_BOUND = 16 * 2**20  # bytes a segment may hold whatever its EXTINF
+SEGMENT_BYTES_PER_SEC = 100_000_000 // 8  # 100 Mbit/s of EXTINF
+SEGMENT_MAX_BOUND = 2**30  # and never more than this in memory
+SEGMENT_DEADLINE_PER_SEC = 3.0  # an attempt may take policy.deadline_sec + 3 x EXTINF
+
+
+def segment_download(segment: Segment, policy: FetchPolicy, label: str) -> Download:
+    """A Download of one segment, with the bounds its EXTINF gives it (not started)."""
+    bound = max(SEGMENT_MIN_BOUND,
+                min(SEGMENT_MAX_BOUND, int(segment.duration * SEGMENT_BYTES_PER_SEC)))
+    return Download(segment.uri, policy, segment.byterange, label, max_bytes=bound,
+                    deadline_sec=policy.deadline_sec
+                    + SEGMENT_DEADLINE_PER_SEC * segment.duration)
 
 
 @dataclass
@@ -54,14 +74,16 @@ class HlsReader:
                  idle_sec: Optional[float] = None):
         if parallel < 1:
             raise HighlightSenseError("fragments at once must be at least 1")
-        self.policy = policy or FetchPolicy()
+        # Headers go to the playlist's origin, and its host decides whether private
+        # addresses may be fetched (a playlist on 127.0.0.1 may list segments there).
+        self.policy = (policy or FetchPolicy()).bound_to(url)
         self.parallel = parallel
         self.start = start
         self.poll_sec = poll_sec
         self.playlist = load_media_playlist(url, self.policy, want)
         self.url = self.playlist.url
         self.idle_sec = idle_sec if idle_sec is not None else max(
-            60.0, 6 * self.playlist.target_duration)
+            60.0, 6 * min(MAX_RELOAD_SEC, self.playlist.target_duration))
         self.listed_sec = 0.0  # stream time at the end of the newest segment taken (estimate)
         self.live_edge_at = time.monotonic()  # when the newest segment was first seen
         self.ads_skipped_sec = 0.0
@@ -71,6 +93,7 @@ class HlsReader:
         self._inflight: deque = deque()
         self._init_cache: Dict[Tuple, bytes] = {}
         self._changed = True  # the last reload brought something new
+        self._last_text: Optional[bytes] = None  # the newest reload's bytes
 
     @property
     def live(self) -> bool:
@@ -88,8 +111,11 @@ class HlsReader:
             return b""
         if segment.init not in self._init_cache:
             uri, rng = segment.init
+            if len(self._init_cache) >= 8:  # a live playlist may name a new one for each
+                self._init_cache.pop(next(iter(self._init_cache)))
             self._init_cache[segment.init] = fetch_bytes(uri, self.policy, f"init section {uri}",
-                                                         rng)
+                                                         rng, max_bytes=SEGMENT_MIN_BOUND,
+                                                         deadline_sec=self.policy.deadline_sec)
         return self._init_cache[segment.init]
 
     def fragments(self) -> Iterator[Fragment]:
@@ -116,8 +142,8 @@ class HlsReader:
                     self._changed = len(todo) > before or playlist.ended
                 while todo and len(self._inflight) < self.parallel:
                     segment, new_group, at = todo.popleft()
-                    download = Download(segment.uri, self.policy, segment.byterange,
-                                        label=f"HLS segment {segment.sequence} ({segment.uri})")
+                    download = segment_download(
+                        segment, self.policy, f"HLS segment {segment.sequence} ({segment.uri})")
                     self._inflight.append(Fragment(segment, download.start(), new_group, at))
                 if self._inflight:
                     fragment = self._inflight[0]
@@ -141,10 +167,15 @@ class HlsReader:
     def _poll(self, playlist: MediaPlaylist) -> float:
         if self.poll_sec is not None:
             return self.poll_sec
-        return playlist.target_duration if self._changed else playlist.target_duration / 2
+        wait = playlist.target_duration if self._changed else playlist.target_duration / 2
+        return min(MAX_RELOAD_SEC, max(MIN_RELOAD_SEC, wait))
 
     def _reload(self) -> MediaPlaylist:
-        fresh = load_playlist(self.url, self.policy)
+        text = fetch_playlist(self.url, self.policy)
+        if text == self._last_text:
+            return self.playlist  # nothing new: its segments are all taken already
+        fresh = parse_playlist(text.decode("utf-8", "replace"), self.url)
+        self._last_text = text
         if not isinstance(fresh, MediaPlaylist):
             raise HighlightSenseError(f"{self.url} turned into a master playlist")
         return fresh

@@ -36,8 +36,9 @@ class Stream:
     headers: tuple  # ((name, value), ...) yt-dlp wants sent
 
     def policy(self, base: Optional[FetchPolicy] = None) -> FetchPolicy:
+        """The policy to fetch this stream with: yt-dlp's headers, for this URL's origin only."""
         base = base or FetchPolicy()
-        return replace(base, headers={**dict(self.headers), **base.headers})
+        return replace(base, headers={**dict(self.headers), **base.headers}).bound_to(self.url)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ def resolve(url: str) -> Resolution:
     except yt_dlp.utils.DownloadError as e:
         reason = re.sub(r"^ERROR:\s*", "", " ".join(str(e).split()))
         raise HighlightSenseError(f"cannot open {url}: {reason}") from None
+    except Exception as e:  # yt-dlp's own parsing fails on some broken input (EXTINF:nan)
+        reason = " ".join(str(e).split())[:200]
+        raise HighlightSenseError(f"cannot open {url}: yt-dlp failed reading it "
+                                  f"({type(e).__name__}: {reason})") from None
     if info.get("_type") in ("playlist", "multi_video"):
         raise HighlightSenseError(f"{url} is a playlist; give the URL of one video")
     chosen = info.get("requested_formats") or [info]
