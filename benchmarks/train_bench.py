@@ -68,12 +68,7 @@ def main(argv=None) -> int:
 
     from highlightsense.benchmarks.bench_support import write_random_separator
     from highlightsense.engine.config import load_config
-    from highlightsense.engine.detect import detect
-    from highlightsense.engine.evaluate import evaluate, table
-    from highlightsense.engine.train import (LevelCache, TrainOptions, new_model, prepare,
-                                             train)
-    from highlightsense.model.checkpoint import load_model
-    from highlightsense.model.crnn_scorer import CrnnScorer
+    from highlightsense.engine.train import TrainOptions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--folder", required=True)
@@ -85,18 +80,33 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--arch", default="small")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threshold-percentile", type=float, default=0.0,
+                   help="selection on the held-out VODs (default 0: NMS and top-n alone, so "
+                        "P@5 has five highlights to count)")
+    p.add_argument("--reuse", action="store_true",
+                   help="measure the --folder's model.pt again without training")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     separator = write_random_separator(folder / "separator", "tiny")
-    cfg = load_config(overrides={"separator": str(separator), "device": "cpu"})
+    cfg = load_config(overrides={"separator": str(separator), "device": "cpu",
+                                 "threshold_percentile": args.threshold_percentile})
     grouped = make_vods(folder, args.train, args.minutes, 0)
     held = make_vods(folder, args.held_out, args.minutes, 1000)
     opts = TrainOptions(out=str(folder / "model.pt"), arch=args.arch, epochs=args.epochs,
                         lr=args.lr, batch=args.batch, val_fraction=1 / args.train,
                         cache=str(folder / "cache"), restart=True)
+    if not args.reuse:
+        measure_training(folder, grouped, cfg, opts)
+    evaluate_held_out(folder, held, cfg, opts)
+    return 0
+
+
+def measure_training(folder, grouped, cfg, opts):
+    from highlightsense.engine.train import train
+
     # The throughput with nothing cached: epoch 1 separates every VOD.
     for old in (folder / "cache").glob("*.npy"):
         old.unlink()
@@ -114,6 +124,15 @@ def main(argv=None) -> int:
     print("a rerun's epoch 1 from --cache: %.1f s (separating %.2f s)" % (
         again.history[0]["seconds"], again.history[0]["separate_sec"]))
 
+
+def evaluate_held_out(folder, held, cfg, opts):
+    from highlightsense.engine.config import load_config
+    from highlightsense.engine.detect import detect
+    from highlightsense.engine.evaluate import evaluate, plot_pr, table
+    from highlightsense.engine.train import LevelCache, new_model, prepare
+    from highlightsense.model.checkpoint import load_model
+    from highlightsense.model.crnn_scorer import CrnnScorer
+
     # Held-out VODs: trained, untrained, loudness; each as a run folder, measured by evaluate.
     trained = load_model(opts.out)
     untrained = new_model(replace(opts, init=None), "cpu")
@@ -128,13 +147,15 @@ def main(argv=None) -> int:
         runs.append(write_run(folder / "runs" / f"{name}_untrained", media,
                               crnn_windows(untrained, vod, cfg), cfg, "crnn", "untrained"))
         loud = folder / "runs" / f"{name}_loudness"
-        detect(media, loud, replace(load_config(), clips=False), show_progress=False,
-               restart=True)
+        detect(media, loud, replace(load_config(), clips=False,
+                                    threshold_percentile=cfg.threshold_percentile),
+               show_progress=False, restart=True)
         runs.append(loud)
     labels = [lab for labs in held.values() for lab in labs]
     print()
-    print(table(evaluate([str(r) for r in runs], labels)))
-    return 0
+    results = evaluate([str(r) for r in runs], labels)
+    print(table(results))
+    print(f"precision-recall curves: {plot_pr(results, folder / 'pr.png')}")
 
 
 if __name__ == "__main__":

@@ -298,13 +298,17 @@ def train(grouped: Dict[str, List[Label]], cfg: Config, opts: TrainOptions,
         raise HighlightSenseError("--epochs and --batch must be at least 1, --lr positive")
     for media, labels in grouped.items():  # before any model is loaded or VOD separated
         check_within(labels, media, probe(media)["duration_sec"])
+    if opts.init and os.path.abspath(opts.init) == os.path.abspath(opts.out):
+        raise HighlightSenseError(f"--out {opts.out} would overwrite --init, the checkpoint "
+                                  f"being fine-tuned; choose another --out")
     device = pick_device(cfg.device)
     model = new_model(opts, device)
     scorer = CrnnScorer(model, device, batch_size=16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
     labels = [lab for labs in grouped.values() for lab in labs]
     work = opts.work_dir
-    state = resume_state(work, fingerprint(opts, cfg, labels), opts.restart)
+    fp = fingerprint(opts, cfg, labels)  # before --out is written (it may sit beside --init)
+    state = resume_state(work, fp, opts.restart)
     history, best_ap, best_epoch = [], None, None
     if state:
         model.load_state_dict(state["model"])
@@ -350,8 +354,7 @@ def train(grouped: Dict[str, List[Label]], cfg: Config, opts: TrainOptions,
         if better:
             best_ap, best_epoch = figures["val_ap"], epoch + 1
             save_checkpoint(opts.out, model, epoch + 1)
-        save_state(work, model, optimizer, history, best_ap, best_epoch,
-                   fingerprint(opts, cfg, labels))
+        save_state(work, model, optimizer, history, best_ap, best_epoch, fp)
         say_epoch(figures, opts.epochs, better and bool(val_sources))
         if on_epoch:
             on_epoch(figures)
