@@ -63,14 +63,25 @@ def crnn_windows(model, vod, cfg):
     return out
 
 
-def main(argv=None) -> int:
-    import torch
+def held_out_runs(folder: Path, held, cfg, models):
+    """Each held-out VOD scored by each of `models` ({name: CRNN}) on train's windows of it
+    (detect's features: the cache holds detect's own levels), written as run folders."""
+    from highlightsense.engine.train import LevelCache, prepare
+    from highlightsense.model.crnn_scorer import CrnnScorer
 
-    from highlightsense.benchmarks.bench_support import write_random_separator
-    from highlightsense.engine.config import load_config
-    from highlightsense.engine.train import TrainOptions
+    scorer = CrnnScorer(next(iter(models.values())), "cpu")
+    cache = LevelCache(folder / "cache", 20)
+    runs = []
+    for media, labels in held.items():
+        vod = prepare(media, labels, cfg, scorer, cache, "all")
+        for name, model in models.items():
+            runs.append(write_run(folder / "runs" / f"{Path(media).stem}_{name}", media,
+                                  crnn_windows(model, vod, cfg), cfg, "crnn", name))
+    return runs
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+def task_args(p: argparse.ArgumentParser) -> None:
+    """The task and the recipe, the same for train_bench and train_mismatch."""
     p.add_argument("--folder", required=True)
     p.add_argument("--train", type=int, default=6)
     p.add_argument("--held-out", type=int, default=3)
@@ -78,23 +89,40 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--arch", default="small")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--threshold-percentile", type=float, default=0.0,
                    help="selection on the held-out VODs (default 0: NMS and top-n alone, so "
                         "P@5 has five highlights to count)")
-    p.add_argument("--reuse", action="store_true",
-                   help="measure the --folder's model.pt again without training")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+
+def task(args):
+    """(folder, cfg, training VODs, held-out VODs) of the arguments task_args declares."""
+    from highlightsense.benchmarks.bench_support import write_random_separator
+    from highlightsense.engine.config import load_config
+
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     separator = write_random_separator(folder / "separator", "tiny")
     cfg = load_config(overrides={"separator": str(separator), "device": "cpu",
                                  "threshold_percentile": args.threshold_percentile})
-    grouped = make_vods(folder, args.train, args.minutes, 0)
-    held = make_vods(folder, args.held_out, args.minutes, 1000)
+    return (folder, cfg, make_vods(folder, args.train, args.minutes, 0),
+            make_vods(folder, args.held_out, args.minutes, 1000))
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from highlightsense.engine.train import TrainOptions
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    task_args(p)
+    p.add_argument("--arch", default="small")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reuse", action="store_true",
+                   help="measure the --folder's model.pt again without training")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    folder, cfg, grouped, held = task(args)
     opts = TrainOptions(out=str(folder / "model.pt"), arch=args.arch, epochs=args.epochs,
                         lr=args.lr, batch=args.batch, val_fraction=1 / args.train,
                         cache=str(folder / "cache"), restart=True)
@@ -129,24 +157,14 @@ def evaluate_held_out(folder, held, cfg, opts):
     from highlightsense.engine.config import load_config
     from highlightsense.engine.detect import detect
     from highlightsense.engine.evaluate import evaluate, plot_pr, table
-    from highlightsense.engine.train import LevelCache, new_model, prepare
+    from highlightsense.engine.train import new_model
     from highlightsense.model.checkpoint import load_model
-    from highlightsense.model.crnn_scorer import CrnnScorer
 
     # Held-out VODs: trained, untrained, loudness; each as a run folder, measured by evaluate.
-    trained = load_model(opts.out)
-    untrained = new_model(replace(opts, init=None), "cpu")
-    scorer = CrnnScorer(untrained, "cpu")
-    cache = LevelCache(folder / "cache", 20)
-    runs = []
-    for media, labels in held.items():
-        vod = prepare(media, labels, cfg, scorer, cache, "all")
-        name = Path(media).stem
-        runs.append(write_run(folder / "runs" / f"{name}_trained", media,
-                              crnn_windows(trained, vod, cfg), cfg, "crnn", "trained"))
-        runs.append(write_run(folder / "runs" / f"{name}_untrained", media,
-                              crnn_windows(untrained, vod, cfg), cfg, "crnn", "untrained"))
-        loud = folder / "runs" / f"{name}_loudness"
+    runs = held_out_runs(folder, held, cfg, {
+        "trained": load_model(opts.out), "untrained": new_model(replace(opts, init=None), "cpu")})
+    for media in held:
+        loud = folder / "runs" / f"{Path(media).stem}_loudness"
         detect(media, loud, replace(load_config(), clips=False,
                                     threshold_percentile=cfg.threshold_percentile),
                show_progress=False, restart=True)

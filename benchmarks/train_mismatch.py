@@ -13,8 +13,6 @@ train_bench's model (trained and scored on ours). Figures, not a test.
 import argparse
 import logging
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
@@ -81,40 +79,23 @@ def original_examples(media, labels, cfg, scorer):
 def main(argv=None) -> int:
     import torch
 
-    from highlightsense.benchmarks.bench_support import write_random_separator
-    from highlightsense.benchmarks.train_bench import crnn_windows, make_vods, write_run
-    from highlightsense.engine.config import load_config
+    from highlightsense.benchmarks.train_bench import held_out_runs, task, task_args
     from highlightsense.engine.evaluate import evaluate, table
-    from highlightsense.engine.train import (LevelCache, TrainOptions, new_model, prepare,
-                                             save_checkpoint)
+    from highlightsense.engine.train import TrainOptions, new_model, save_checkpoint, split_by_vod
     from highlightsense.model.checkpoint import load_model
     from highlightsense.model.crnn_scorer import CrnnScorer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--folder", required=True)
-    p.add_argument("--train", type=int, default=6)
-    p.add_argument("--held-out", type=int, default=3)
-    p.add_argument("--minutes", type=float, default=2.0)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--threshold-percentile", type=float, default=0.0)
+    task_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    folder = Path(args.folder)
-    separator = write_random_separator(folder / "separator", "tiny")
-    cfg = load_config(overrides={"separator": str(separator), "device": "cpu",
-                                 "threshold_percentile": args.threshold_percentile})
-    grouped = make_vods(folder, args.train, args.minutes, 0)
-    held = make_vods(folder, args.held_out, args.minutes, 1000)
+    folder, cfg, grouped, held = task(args)
     opts = TrainOptions(out=str(folder / "original.pt"), arch="small", epochs=args.epochs,
                         lr=args.lr, batch=args.batch, seed=0)
     model = new_model(opts, "cpu")
     scorer = CrnnScorer(new_model(opts, "cpu"), "cpu")
     # The same training VODs as train_bench's model (its one validation VOD left out).
-    from highlightsense.engine.train import split_by_vod
-
     train_sources, _ = split_by_vod(list(grouped), 1 / args.train, 0)
     examples = [e for m in train_sources for e in original_examples(m, grouped[m], cfg, scorer)]
     print(f"{len(examples)} training clips with the original's features")
@@ -138,21 +119,10 @@ def main(argv=None) -> int:
         print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}")
     save_checkpoint(opts.out, model, opts.epochs)
 
-    original = load_model(opts.out)
-    ours = load_model(folder / "model.pt")  # its best epoch by validation AP
-    ours_last = load_model(folder / "model.pt.work" / "last.pt")  # its last, as original's
-    cache = LevelCache(folder / "cache", 20)
-    runs = []
-    for media, labels in held.items():
-        vod = prepare(media, labels, cfg, scorer, cache, "all")
-        name = Path(media).stem
-        runs.append(write_run(folder / "mismatch" / f"{name}_original", media,
-                              crnn_windows(original, vod, cfg), cfg, "crnn", "original-features"))
-        runs.append(write_run(folder / "mismatch" / f"{name}_ours", media,
-                              crnn_windows(ours, vod, cfg), cfg, "crnn", "our-features best"))
-        runs.append(write_run(folder / "mismatch" / f"{name}_ours_last", media,
-                              crnn_windows(ours_last, vod, cfg), cfg, "crnn",
-                              "our-features last"))
+    runs = held_out_runs(folder, held, cfg, {
+        "original-features": load_model(opts.out),
+        "our-features-best": load_model(folder / "model.pt"),  # its best epoch (validation AP)
+        "our-features-last": load_model(folder / "model.pt.work" / "last.pt")})  # as original's
     print(table(evaluate([str(r) for r in runs], [x for v in held.values() for x in v])))
     return 0
 

@@ -30,7 +30,7 @@ from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.evaluate import average_precision, match_hits, precision_at
-from highlightsense.engine.files import atomic_path, content_identity, write_text
+from highlightsense.engine.files import atomic_path, content_identity
 from highlightsense.engine.labels import Label, check_within, window_label
 
 log = logging.getLogger("highlightsense")

@@ -3,7 +3,6 @@ detect runs (the loudness scorer on a generated VOD) side by side."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from highlightsense.benchmarks.media import write_media
