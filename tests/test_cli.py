@@ -217,7 +217,7 @@ def test_version(capsys):
 
 # ---- the CLI's flags and Config: one source of defaults -----------------------------------------
 
-CONFIG_COMMANDS = ("detect", "select", "watch")  # the commands that read a Config
+CONFIG_COMMANDS = ("detect", "select", "watch", "train")  # the commands that read a Config
 
 
 def _commands():
@@ -267,14 +267,16 @@ def test_every_config_flag_reaches_config(tmp_path):
     from highlightsense.engine.config import Config
 
     table = cli.config_flags()
-    assert set(table) == set(CONFIG_COMMANDS) | {"demo"} and table["demo"] == {}
+    assert set(table) == set(CONFIG_COMMANDS) | {"demo", "evaluate"}
+    assert table["demo"] == table["evaluate"] == {}
     # The keys the hand-kept tuple listed before, all still settable by a flag.
     assert set().union(*(t.values() for t in table.values())) == {
         "window_sec", "stride_sec", "threshold_percentile", "nms_window", "top_n", "clips",
         "exact_cuts", "audio_stream", "batch_size", "model", "separator", "device",
         "separator_batch", "half", "exact_reference", "threshold", "hls_fragments",
         "max_duration_sec", "order"}
-    positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"]}
+    positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"],
+                  "train": ["--out", "m.pt"]}
     commands = _commands()
     for name, flags in table.items():
         actions = {a.option_strings[-1]: a for a in commands[name]._actions if a.option_strings}
