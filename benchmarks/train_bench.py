@@ -161,8 +161,12 @@ def evaluate_held_out(folder, held, cfg, opts):
     from highlightsense.model.checkpoint import load_model
 
     # Held-out VODs: trained, untrained, loudness; each as a run folder, measured by evaluate.
-    runs = held_out_runs(folder, held, cfg, {
-        "trained": load_model(opts.out), "untrained": new_model(replace(opts, init=None), "cpu")})
+    models = {"trained": load_model(opts.out)}  # the best epoch by validation AP
+    last = opts.work_dir / "last.pt"
+    if last.is_file():
+        models["trained-last"] = load_model(last)  # the last epoch
+    models["untrained"] = new_model(replace(opts, init=None), "cpu")  # the same init
+    runs = held_out_runs(folder, held, cfg, models)
     for media in held:
         loud = folder / "runs" / f"{Path(media).stem}_loudness"
         detect(media, loud, replace(load_config(), clips=False,
