@@ -291,7 +291,6 @@ def train(grouped: Dict[str, List[Label]], cfg: Config, opts: TrainOptions,
     told each epoch's figures (loss, val_ap, val_p5, seconds, windows_per_sec, separate_sec)."""
     from highlightsense.model.crnn_scorer import CrnnScorer
     from highlightsense.model.separator import pick_device
-
     from highlightsense.operators.sources.decode import probe
 
     if opts.epochs < 1 or opts.batch < 1 or opts.lr <= 0:
@@ -317,7 +316,8 @@ def train(grouped: Dict[str, List[Label]], cfg: Config, opts: TrainOptions,
         log.info("resuming after epoch %d (from %s)", state["epochs"], work)
     train_sources, val_sources = split_by_vod(list(grouped), opts.val_fraction, opts.seed)
     if not val_sources:
-        log.warning("one labelled VOD: no validation; --out is the last epoch")
+        log.warning("no VOD held out for validation (one labelled VOD, or --val-fraction 0): "
+                    "--out is the last epoch")
     cache = LevelCache(opts.cache, opts.cache_gb) if opts.cache else None
     vods: Dict[str, Vod] = {}
     loss_fn = torch.nn.BCEWithLogitsLoss()
