@@ -10,6 +10,11 @@ Content, at 44.1 kHz stereo:
   - distractors: minutes of steady loud music (chords and a beat, as loud as the moments or
     louder), and isolated very loud bangs of 0.1-0.3 s.
 
+Mode "speech" (speech_layout): moments the loudness scorer cannot find. The game bed is steady and
+loud at a constant level; a moment is excited shouting alone (no explosions), with the bed ducked
+under it so the mix's power stays the same; minutes of loud music are the distractors; no bangs.
+Only what the sound is like (a voice's pitch and rhythm over the game) tells a moment.
+
 The signal is a function of absolute time (noise comes from fixed seeded segments), so any
 block size yields the same samples and a long VOD is generated block by block in constant memory.
 """
@@ -75,6 +80,30 @@ def default_layout(duration_sec: float, seed: int = 0):
     return moments, music, sorted(bangs)
 
 
+def speech_layout(duration_sec: float, seed: int = 0):
+    """(moments, music, bangs) for mode "speech": a music section of 20-40 s per 3 minutes, and
+    moments of 6-10 s every 30-50 s at least 10 s from music; no bangs."""
+    rng = np.random.default_rng([seed, 3])
+    music, n_music = [], max(1, int(round(duration_sec / 180))) if duration_sec >= 90 else 0
+    span = duration_sec / max(n_music, 1)
+    for i in range(n_music):
+        length = min(rng.uniform(20, 40), span / 3)
+        start = i * span + rng.uniform(10, span - length - 10)
+        music.append((start, start + length))
+    moments, t = [], rng.uniform(5, 15)
+    while t + 10 < duration_sec - 5:
+        length = rng.uniform(6, 10)
+        if all(t + length + 10 <= ms or t >= me + 10 for ms, me in music):
+            moments.append((t, t + length))
+            t += length + rng.uniform(30, 50)
+        else:
+            t += 5
+    return moments, music, []
+
+
+MODES = ("default", "speech")
+
+
 class SyntheticVod:
     """A VOD of duration_sec, deterministic per seed; blocks() yields float32 (2, n) at 44.1 kHz.
 
@@ -87,11 +116,14 @@ class SyntheticVod:
     def __init__(self, duration_sec: float, seed: int = 0,
                  moments: Optional[Sequence[Interval]] = None,
                  music: Optional[Sequence[Interval]] = None,
-                 bangs: Optional[Sequence[Interval]] = None):
+                 bangs: Optional[Sequence[Interval]] = None, mode: str = "default"):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: one of {', '.join(MODES)}")
+        self.mode = mode
         self.duration_sec = float(duration_sec)
         self.seed = seed
         self.n_samples = int(round(duration_sec * RATE))
-        layout = default_layout(duration_sec, seed)
+        layout = (speech_layout if mode == "speech" else default_layout)(duration_sec, seed)
         self.moments: List[Interval] = list(layout[0] if moments is None else moments)
         self.music: List[Interval] = list(layout[1] if music is None else music)
         self.bangs: List[Interval] = list(layout[2] if bangs is None else bangs)
@@ -107,6 +139,12 @@ class SyntheticVod:
                         for _ in range(rng.integers(2, 5))] for s, e in self.moments]
         self._shout_pitch = [rng.uniform(240, 320) for _ in self.moments]
         self._segments = {}  # (stream, k) -> noise segment, a few recent ones
+        if mode == "speech":
+            # Powers of the steady bed and of a shout at full level, measured on a few seconds
+            # (deterministic): the bed is ducked under a moment by just enough to keep the sum.
+            t = np.arange(4 * RATE) / RATE
+            self._bed_power = float(np.mean(self._steady_bed(0, len(t), t) ** 2))
+            self._shout_power = float(np.mean(self._shout(0, t, 0.0, 4.0, 1.0) ** 2))
 
     def blocks(self, block_sec: float = 10.0) -> Iterator[np.ndarray]:
         step = max(1, int(round(block_sec * RATE)))
@@ -125,6 +163,8 @@ class SyntheticVod:
 
     def _piece(self, a: int, b: int) -> np.ndarray:
         t = np.arange(a, b) / RATE  # float64: phases need it over hours; waveforms are float32
+        if self.mode == "speech":
+            return self._speech_piece(a, b, t)
         mono = self._bed(a, b, t) + self._speech(t)
         for i, (s, e) in enumerate(self.moments):
             self._add(mono, a, b, s, e, lambda lo, hi, tt, i=i: self._moment(i, lo, hi, tt))
@@ -136,6 +176,39 @@ class SyntheticVod:
         side = 0.004 * self._noise(_SIDE, a, b)  # a little width; cancels in the mono mix
         out = np.stack([mono + side, mono - side])
         return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+    def _speech_piece(self, a: int, b: int, t) -> np.ndarray:
+        duck = np.ones(len(t), np.float32)  # the bed's gain: under a moment, just enough less
+        shouts = np.zeros(len(t), np.float32)
+        for i, (s, e) in enumerate(self.moments):
+            lo, hi = max(a, int(s * RATE)), min(b, int(math.ceil(e * RATE)))
+            if lo < hi:
+                fade = np.clip(np.minimum(t[lo - a:hi - a] - s, e - t[lo - a:hi - a]) / 0.3, 0, 1)
+                shouts[lo - a:hi - a] += self._shout(i, t[lo - a:hi - a], s, e, 1.0) * fade
+                duck[lo - a:hi - a] = np.sqrt(
+                    1 - fade ** 2 * self._shout_power / self._bed_power).astype(np.float32)
+        mono = duck * self._steady_bed(a, b, t) + self._speech(t) + shouts
+        for s, e in self.music:
+            self._add(mono, a, b, s, e, lambda lo, hi, tt, s=s, e=e: self._music(s, e, lo, hi, tt))
+        side = 0.004 * self._noise(_SIDE, a, b)
+        return np.clip(np.stack([mono + side, mono - side]), -1.0, 1.0).astype(np.float32)
+
+    def _steady_bed(self, a, b, t):
+        """The speech mode's game: the bed's sounds, louder, at one level throughout."""
+        rumble = self._lowpass(_BED, a, b, 24)
+        hiss = self._noise(_HISS, a, b)
+        drones = 0.3 * _sin(2 * np.pi * 82.4 * t) + 0.2 * _sin(
+            2 * np.pi * 196 * t + 2 * _sin(2 * np.pi * 0.2 * t))
+        return np.float32(0.09) * (rumble * 2.0 + hiss * 0.15 + drones * 0.6)
+
+    def _shout(self, i, t, s, e, level):
+        """Excited shouting (as a moment's, without its explosions), at half the bed's power
+        when level is 1."""
+        f0 = self._shout_pitch[i] if i < len(self._shout_pitch) else 280.0
+        phase = (2 * np.pi * f0 * (t - s) + np.pi * 20 / (e - s) * (t - s) ** 2
+                 - (12 / 6.0) * _cos(2 * np.pi * 6.0 * t))
+        syllables = 0.15 + 0.85 * (0.5 + 0.5 * _sin(2 * np.pi * 5.5 * t + _sin(2 * np.pi * t)))
+        return np.float32(0.12 * level) * syllables * _harmonics(phase, 8, 0.7)
 
     # --- parts ---------------------------------------------------------------------------------
 

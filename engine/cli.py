@@ -7,6 +7,8 @@ watch URL                follow a live stream; emit each highlight as an event a
 review OUT_DIR           a local page: the scores, the threshold to drag, play and keep/drop
 demo [--out DIR]         make a sample VOD with known moments and run detect on it
 bench                    measure the pipeline (per stage), or compare it with the notebook's way
+evaluate RUN_DIR...      measure finished runs against labelled highlights (labels.csv)
+train --out model.pt     train or fine-tune the CRNN on labelled VODs, on detect's features
 
 Errors a user can fix come out as one line on stderr and a non-zero exit status.
 """
@@ -240,7 +242,70 @@ def parser() -> argparse.ArgumentParser:
                    help="folder for the sample and the results (default: %(default)s)")
     m.add_argument("--minutes", type=float, default=5.0, help="sample length (default %(default)g)")
     _shared(m, "-q", "--quiet")
+    _label_parsers(sub)
     return p
+
+
+def _label_flags(p: argparse.ArgumentParser, folders: bool) -> None:
+    """Where the labels come from (engine.labels): labels.csv, a VOD's Twitch clips, and for
+    `train` the original's folders of positive and negative clips."""
+    p.add_argument("--labels", metavar="CSV",
+                   help="labels.csv: source,start_sec,end_sec,label (1/0)[,note]")
+    p.add_argument("--twitch-clips", metavar="JSON",
+                   help="a Helix Get Clips response of one VOD (weak positives); with --source")
+    p.add_argument("--source", metavar="VOD", help="the VOD the --twitch-clips are of")
+    if folders:
+        p.add_argument("--positive-clips", metavar="DIR", help="a folder of highlight clips")
+        p.add_argument("--negative-clips", metavar="DIR", help="a folder of non-highlight clips")
+    p.add_argument("--negatives", choices=("all", "labelled"), default="all",
+                   help="negative windows: all those no positive label covers (default), or "
+                        "only those labelled 0")
+
+
+def _label_parsers(sub) -> None:
+    e = sub.add_parser("evaluate", help="measure finished runs against labelled highlights",
+                       description=(
+        "Measure finished detect runs against labelled highlights: precision and recall at "
+        "K (1, 5, 10 and the run's top-n) of the chosen highlights, HIT@1, and the average "
+        "precision of all window scores; per run and overall per scorer, with a PNG of their "
+        "precision-recall curves."))
+    e.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="--out folders of detect runs")
+    _label_flags(e, folders=False)
+    e.add_argument("--json", action="store_true", help="print the figures as JSON")
+    e.add_argument("--plot", metavar="PNG", help="write the precision-recall curves here")
+    _shared(e, "-q", "--quiet")
+
+    t = sub.add_parser("train", help="train or fine-tune the CRNN on labelled VODs",
+                       description=(
+        "Train the CRNN on labelled VODs through detect's own stages (decode, Demucs, "
+        "log-mel with the whole VOD's dB reference, 30 s windows padded to 60 s), validating "
+        "on whole held-out VODs. --out gets the best epoch by validation AP as "
+        "{'model': state_dict, 'epochs': n}; a rerun resumes from --work."))
+    _label_flags(t, folders=True)
+    t.add_argument("--out", required=True, metavar="PT", help="the checkpoint to write")
+    t.add_argument("--work", metavar="DIR", help="last epoch and optimizer state, for resuming "
+                                                 "(default: OUT.work)")
+    t.add_argument("--init", metavar="PT", help="fine-tune this checkpoint (best_model.pt)")
+    t.add_argument("--arch", choices=("full", "small"), default="full",
+                   help="the seed's CRNN (default) or a small one for quick CPU experiments")
+    t.add_argument("--epochs", type=int, default=10, help="(default %(default)s)")
+    t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default %(default)g)")
+    t.add_argument("--batch", type=int, default=32, help="windows per step (default %(default)s)")
+    t.add_argument("--val-fraction", type=float, default=0.2,
+                   help="VODs held out whole for validation (default %(default)g)")
+    t.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
+    t.add_argument("--cache", metavar="DIR", help="keep each VOD's separated levels here")
+    t.add_argument("--cache-gb", type=float, default=20.0, help="(default %(default)g)")
+    t.add_argument("--restart", action="store_true", help="ignore the state in --work")
+    t.add_argument("--separator", metavar="NAME_OR_PATH", help="demucs model, as detect's")
+    _shared(t, "--device")
+    t.add_argument("--separator-batch", type=int, metavar="N", help="as detect's")
+    t.add_argument("--half", action="store_const", const=True, help="as detect's")
+    t.add_argument("--window-sec", type=float, metavar="S", help="as detect's")
+    t.add_argument("--stride-sec", type=float, metavar="S", help="as detect's")
+    t.add_argument("--audio-stream", type=int, metavar="N", help="as detect's")
+    _shared(t, "--config")
+    _shared(t, "-q", "--quiet")
 
 
 def config_flags(p: Optional[argparse.ArgumentParser] = None) -> Dict[str, Dict[str, str]]:
@@ -457,6 +522,50 @@ def _demo(args) -> int:
     return run_demo(args.out, args.minutes, quiet=args.quiet)
 
 
+def _read_labels(args, folders: bool):
+    from highlightsense.engine import labels
+
+    if bool(args.twitch_clips) != bool(args.source):
+        raise HighlightSenseError("--twitch-clips and --source go together: the clips' JSON "
+                                  "and the VOD they are of")
+    found = labels.read_labels_csv(args.labels) if args.labels else []
+    if args.twitch_clips:
+        found += labels.read_twitch_clips(args.twitch_clips, args.source)
+    if folders and (args.positive_clips or args.negative_clips):
+        from highlightsense.operators.sources.decode import probe
+
+        found += labels.read_clip_folders(args.positive_clips, args.negative_clips,
+                                          lambda path: probe(path)["duration_sec"])
+    if not found:
+        raise HighlightSenseError("no labels given: pass --labels labels.csv"
+                                  + (", --twitch-clips with --source, or clip folders"
+                                     if folders else " or --twitch-clips with --source"))
+    labels.check_consistent(found)
+    return found
+
+
+def _evaluate(args) -> int:
+    from highlightsense.engine.evaluate import run_command
+
+    return run_command(args.run_dirs, _read_labels(args, folders=False), args.negatives,
+                       args.json, args.plot)
+
+
+def _train(args) -> int:
+    from highlightsense.engine.train import TrainOptions, group_for_training, train
+
+    cfg = _config(args, tune=True)
+    opts = TrainOptions(out=args.out, work=args.work, init=args.init, arch=args.arch,
+                        epochs=args.epochs, lr=args.lr, batch=args.batch,
+                        val_fraction=args.val_fraction, seed=args.seed,
+                        negatives=args.negatives, cache=args.cache, cache_gb=args.cache_gb,
+                        restart=args.restart)
+    result = train(group_for_training(_read_labels(args, folders=True)), cfg, opts)
+    ap = "-" if result.best_ap is None else f"{result.best_ap:.3f}"
+    print(f"{result.out}: epoch {result.best_epoch} (validation AP {ap})")
+    return 0
+
+
 def _bench(args) -> int:
     from highlightsense.benchmarks.bench import run
 
@@ -468,7 +577,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _setup_logging(getattr(args, "quiet", False))
     try:
         code = {"detect": _detect, "select": _select, "export": _export, "watch": _watch,
-                "review": _review, "demo": _demo, "bench": _bench}[args.command](args)
+                "review": _review, "demo": _demo, "bench": _bench, "evaluate": _evaluate,
+                "train": _train}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
         return code
     except HighlightSenseError as e:

@@ -29,6 +29,15 @@ class CrnnConfig:
     dropout: float = 0.5
 
 
+# `train --arch`: the seed's network, or a narrow one (about 60k parameters, a few times faster)
+# for quick experiments on a CPU; both load back through model.checkpoint.load_model.
+ARCHS = {
+    "full": CrnnConfig(),
+    "small": CrnnConfig(cnn_channels=(8, 16, 32, 32), rnn_hidden=32, rnn_layers=2, att_dim=16,
+                        classifier_hidden=32),
+}
+
+
 class ConvBlock(nn.Module):
     def __init__(self, inc: int, outc: int, pool, first_layer: bool = False):
         super().__init__()

@@ -217,7 +217,7 @@ def test_version(capsys):
 
 # ---- the CLI's flags and Config: one source of defaults -----------------------------------------
 
-CONFIG_COMMANDS = ("detect", "select", "watch")  # the commands that read a Config
+CONFIG_COMMANDS = ("detect", "select", "watch", "train")  # the commands that read a Config
 
 
 def _commands():
@@ -267,8 +267,8 @@ def test_every_config_flag_reaches_config(tmp_path):
     from highlightsense.engine.config import Config
 
     table = cli.config_flags()
-    # The other commands (demo, export, review) read no Config: no flag of theirs sets a key.
-    assert set(table) >= set(CONFIG_COMMANDS) | {"demo"}
+    # The other commands (demo, export, review, evaluate) read no Config: no flag sets a key.
+    assert set(table) >= set(CONFIG_COMMANDS) | {"demo", "evaluate"}
     assert all(table[name] == {} for name in set(table) - set(CONFIG_COMMANDS))
     # The keys the hand-kept tuple listed before, all still settable by a flag.
     assert set().union(*(t.values() for t in table.values())) == {
@@ -277,7 +277,8 @@ def test_every_config_flag_reaches_config(tmp_path):
         "separator_batch", "half", "exact_reference", "threshold", "hls_fragments",
         "max_duration_sec", "order", "voice_track", "game_track", "tracks",
         "allow_private_hosts"}
-    positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"]}
+    positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"],
+                  "train": ["--out", "m.pt"]}
     commands = _commands()
     for name, flags in table.items():
         actions = {a.option_strings[-1]: a for a in commands[name]._actions if a.option_strings}
