@@ -71,7 +71,7 @@ SAFE_GLOBALS = [*STAND_INS.values(), Fraction]
 # names, a few short lists and a Fraction). Counts that set how many layers are built are held
 # lower, and the model is first built on the meta device (no memory) to check that it holds no
 # more weights than the file does (_check_sizes).
-_MAX_INT = 1 << 24
+_MAX_INT = 1 << 20
 _MAX_LAYERS = 64
 _MAX_ITEMS = 64
 _MAX_TEXT = 256

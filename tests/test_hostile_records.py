@@ -337,3 +337,94 @@ def test_finding9_out_itself_may_be_a_link_the_user_chose(media, tmp_path, capsy
     code, err = run(capsys, "detect", media, "--out", out, *SETTINGS)
     assert code == 0, err
     assert (real / "highlights.json").is_file() and any((real / "clips").iterdir())
+
+
+# -- Finding 13: a model file cannot choose what is built while it is read ----------------------
+
+def _tiny_separator():
+    import torch
+    from fractions import Fraction
+
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(0)
+    return HTDemucs(["drums", "bass", "other", "vocals"], segment=Fraction(1), channels=4,
+                    depth=4, nfft=4096, t_layers=1, t_heads=1, dconv_comp=2).eval()
+
+
+def _package(model, **kwargs):
+    args, saved = model._init_args_kwargs
+    return {"klass": type(model), "args": list(args), "kwargs": {**saved, **kwargs},
+            "state": model.state_dict()}
+
+
+def _refusal(path) -> str:
+    from highlightsense.engine.errors import HighlightSenseError
+    from highlightsense.model.separator import load_separator
+
+    with pytest.raises(HighlightSenseError) as err:
+        load_separator(path)
+    message = str(err.value)
+    assert "\n" not in message and "HTDemucs(" not in message, message  # no module repr
+    return message
+
+
+def test_finding13_th_that_builds_a_model_while_unpickled_is_refused_in_one_line(
+        tmp_path, monkeypatch):
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    class BuildsOnLoad:
+        """Pickles as a call HTDemucs(sources, audio_channels, channels=4096): gigabytes."""
+
+        def __reduce__(self):
+            return (HTDemucs, (["drums", "bass", "other", "vocals"], 2, 4096))
+
+    model = _tiny_separator()
+    path = tmp_path / "builds.th"
+    torch.save(dict(_package(model), klass=BuildsOnLoad()), path)
+
+    built = []
+    monkeypatch.setattr(HTDemucs, "__init__", lambda self, *a, **k: built.append(a))
+    message = _refusal(path)
+    assert built == []  # the real class was never called
+    assert "refusing" in message and "builds a HTDemucs while it is read" in message
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"channels": 4096}, "weights, and the file holds"),
+    ({"depth": 1_000_000}, "depth is 1000000, over 64"),
+    ({"sources": ["x" * 10_000]}, "text of 10000 characters"),
+    ({"t_cape_glob_loc_scale": list(range(1000))}, "holds 1000 items"),
+    ({"growth": float("inf")}, "growth is inf"),
+])
+def test_finding13_th_package_arguments_are_checked_before_the_model_is_built(
+        tmp_path, kwargs, why):
+    import torch
+
+    path = tmp_path / "big.th"
+    torch.save(_package(_tiny_separator(), **kwargs), path)
+    message = _refusal(path)
+    assert "refusing" in message and why in message
+
+
+def test_finding13_safetensors_metadata_arguments_get_the_same_check(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from highlightsense.model.separator import load_separator, save_safetensors
+
+    good = save_safetensors(_tiny_separator(), tmp_path / "good.safetensors")
+    assert load_separator(good) is not None  # the export this tool writes still loads
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as f:
+        metadata = f.metadata()
+    kwargs = json.loads(metadata["kwargs"])
+    for name, change, why in [("big", {"channels": 4096}, "weights, and the file holds"),
+                              ("deep", {"depth": 10**9}, "over 64"),
+                              ("odd", {"nfft": {"_type": "fraction"}}, "demucs's JSON")]:
+        path = tmp_path / f"{name}.safetensors"
+        save_file(load_file(str(good)), str(path),
+                  metadata=dict(metadata, kwargs=json.dumps({**kwargs, **change})))
+        message = _refusal(path)
+        assert why in message, message
