@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -396,6 +397,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _closed_pipe()
 
 
+def run() -> int:
+    """The console script (and `python -m highlightsense`): main(), then the end of every thread
+    the tool started, or, where one is blocked, an exit that does not wait for it
+    (engine.threads). main() itself is what a notebook or a test calls: it never exits."""
+    from highlightsense.engine import threads
+
+    try:
+        status = main()
+    except Exception:  # a bug: its traceback, then the same ending
+        traceback.print_exc()
+        status = EXIT_ERROR
+    return threads.leave(status)
+
+
 def _closed_pipe() -> int:
     """Whoever read our output stopped (`| head`): nothing to say, and nothing more to write.
     stdout goes to /dev/null so the interpreter's last flush does not fail again."""
@@ -404,4 +419,4 @@ def _closed_pipe() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

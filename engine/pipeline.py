@@ -18,17 +18,20 @@ a broadcast that goes on): a Tick every `tick_sec` then says how far.
 """
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Coroutine, List, Optional, Sequence
 
+from highlightsense.engine import threads
 from highlightsense.engine.chunks import AudioChunk, Tick
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import ClockReader, Operator, Source
 
 _END = object()  # end-of-stream marker
+log = logging.getLogger("highlightsense")
 
 
 @dataclass
@@ -112,11 +115,18 @@ class StageThreads(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  timeout: Optional[float] = None) -> None:
+        self.stop()
+        if wait:
+            threads.join(self._threads, timeout or threads.JOIN_SEC)
+
+    def stop(self) -> None:
+        """Each worker ends once the job it runs (if any) returns."""
         for _ in self._threads:
             self._jobs.put(None)
-        if wait:
-            for thread in self._threads:
-                thread.join(timeout)
+
+    def join(self, timeout: float = threads.JOIN_SEC) -> list:
+        """Joins the workers within `timeout` in all; returns those still running."""
+        return threads.join(self._threads, timeout)
 
 
 def run_async(main: Coroutine):
@@ -201,10 +211,7 @@ class Pipeline:
             if monitor:
                 monitor.cancel()
                 await asyncio.gather(monitor, return_exceptions=True)
-            # After a clean run the workers are idle: let them end now, so no thread is left to
-            # meet the interpreter's exit. After a failure one may be stuck in a read: go.
-            pool.shutdown(wait=not failed, timeout=5.0)
-            self.source.close()
+            self._stop_workers(pool)
             self.metrics.finished = time.perf_counter()
             if self.on_progress:
                 self._update_depths(queues)
@@ -215,6 +222,20 @@ class Pipeline:
                     if not failed:
                         raise  # else the first error is the one to report
         return self.metrics
+
+    def _stop_workers(self, pool: "StageThreads") -> None:
+        """Every worker ends before the run returns (engine.threads says why). After a clean run
+        they are idle; after a failure or Ctrl-C one may still be in its operator (a Demucs
+        batch: seconds), or in the source's read: the source is closed only once its worker
+        is out of it (a decoder closed under a read is undefined), unless that read is the one
+        that does not return, which closing a source is made to end."""
+        pool.stop()
+        stuck = pool.join()
+        self.source.close()
+        if stuck:
+            stuck = threads.join(stuck, 1.0)
+        if stuck:
+            log.warning("%s did not stop within %g s", threads.names(stuck), threads.JOIN_SEC)
 
     async def _send(self, stage: int, item) -> None:
         """Hand item to the stage after `stage` (if any), waiting while its queue is full."""

@@ -154,7 +154,7 @@ def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict,
                     len(windows), windows[0].confidence)
     clips = None
     if cfg.clips and selection.top:
-        log.info("cutting clips from %s", info["source"])
+        log.info("the clips are cut from %s", info["source"])
         if recut:
             log.info("cutting the %s again: the interrupted run had not finished them",
                      plural(len(selection.top), "clip"))

@@ -270,7 +270,7 @@ def test_finding8_select_says_which_source_it_cuts_from(finished, tmp_path, caps
     code = main(["select", str(out), "--top-n", "1"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert f"cutting clips from {source}" in err
+    assert f"the clips are cut from {source}" in err
 
 
 def test_finding8_select_refuses_scores_that_are_not_numbers(finished, tmp_path, capsys):

@@ -24,6 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import av
 
+from highlightsense.engine import threads
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import create_new
 from highlightsense.operators.sinks.clips import ClipResult, clip_name, cut_clip
@@ -158,7 +159,10 @@ class SegmentBuffer:
         return self
 
     def close(self) -> None:
+        """Stops the downloads, which ends the buffer's thread (joined, engine.threads)."""
         self.reader.close()
+        if self._thread.is_alive():
+            threads.join([self._thread])
 
     @property
     def held_sec(self) -> float:

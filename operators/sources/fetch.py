@@ -108,6 +108,9 @@ class _Watchdog:
             time.sleep(0.1)
             now = time.monotonic()
             with self._lock:
+                if not self._attempts:  # nothing to watch: end (watch() starts another)
+                    self._thread = None
+                    return
                 late = [a for a in self._attempts if now - a.last_progress > a.stall_sec]
                 for a in late:
                     self._attempts.discard(a)
