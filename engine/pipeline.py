@@ -32,6 +32,7 @@ from highlightsense.engine.operator import ClockReader, Operator, Source
 
 _END = object()  # end-of-stream marker
 log = logging.getLogger("highlightsense")
+_SETTLE_SEC = 0.5  # what a stopping run gives a read under way before closing its source
 
 
 @dataclass
@@ -117,15 +118,16 @@ class StageThreads(concurrent.futures.Executor):
                  timeout: Optional[float] = None) -> None:
         self.stop()
         if wait:
-            threads.join(self._threads, timeout or threads.JOIN_SEC)
+            threads.join(self._threads, timeout)
 
     def stop(self) -> None:
         """Each worker ends once the job it runs (if any) returns."""
         for _ in self._threads:
             self._jobs.put(None)
 
-    def join(self, timeout: float = threads.JOIN_SEC) -> list:
-        """Joins the workers within `timeout` in all; returns those still running."""
+    def join(self, timeout: Optional[float] = None) -> list:
+        """Joins the workers within `timeout` in all (threads.JOIN_SEC by default); returns
+        those still running."""
         return threads.join(self._threads, timeout)
 
 
@@ -226,16 +228,18 @@ class Pipeline:
     def _stop_workers(self, pool: "StageThreads") -> None:
         """Every worker ends before the run returns (engine.threads says why). After a clean run
         they are idle; after a failure or Ctrl-C one may still be in its operator (a Demucs
-        batch: seconds), or in the source's read: the source is closed only once its worker
-        is out of it (a decoder closed under a read is undefined), unless that read is the one
-        that does not return, which closing a source is made to end."""
+        batch: seconds) or in the source's read. The source is closed once a moment has let a
+        read under way end by itself (a decoder closed under a read is undefined); a read
+        still waiting then is one that closing a source is made to end (a stalled download).
+        Those not ended within engine.threads.JOIN_SEC in all are named in the log."""
+        began = time.monotonic()
         pool.stop()
-        stuck = pool.join()
+        pool.join(_SETTLE_SEC)
         self.source.close()
+        stuck = pool.join(max(0.0, threads.JOIN_SEC - (time.monotonic() - began)))
         if stuck:
-            stuck = threads.join(stuck, 1.0)
-        if stuck:
-            log.warning("%s did not stop within %g s", threads.names(stuck), threads.JOIN_SEC)
+            log.warning("%s did not stop within %g s (blocked in a call that does not "
+                        "return)", threads.names(stuck), threads.JOIN_SEC)
 
     async def _send(self, stage: int, item) -> None:
         """Hand item to the stage after `stage` (if any), waiting while its queue is full."""

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from typing import List
+from typing import List, Optional
 
 log = logging.getLogger("highlightsense")
 
@@ -30,9 +30,10 @@ def ours() -> List[threading.Thread]:
             if t.name.startswith(PREFIX) and t is not me and t.is_alive()]
 
 
-def join(threads, timeout: float = JOIN_SEC) -> List[threading.Thread]:
-    """Joins each of `threads` within `timeout` seconds in all; returns those still running."""
-    deadline = time.monotonic() + timeout
+def join(threads, timeout: Optional[float] = None) -> List[threading.Thread]:
+    """Joins each of `threads` within `timeout` seconds in all (JOIN_SEC by default); returns
+    those still running."""
+    deadline = time.monotonic() + (JOIN_SEC if timeout is None else timeout)
     for thread in threads:
         if thread is not threading.current_thread() and thread.is_alive():
             thread.join(max(0.0, deadline - time.monotonic()))
