@@ -10,6 +10,7 @@ Errors a user can fix come out as one line on stderr and a non-zero exit status.
 """
 import argparse
 import logging
+import math
 import os
 import sys
 import traceback
@@ -377,10 +378,24 @@ def _bench(args) -> int:
     return run(args)
 
 
+def _check_numbers(p: argparse.ArgumentParser, args) -> None:
+    """A number flag given nan or inf (which float() takes) is refused by name, in one line:
+    no setting means either. (Config keys are refused again by engine.config, with YAML's.)"""
+    commands = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for action in commands[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        if any(isinstance(v, float) and not math.isfinite(v)
+               for v in (value if isinstance(value, list) else [value])):
+            flag = action.option_strings[-1] if action.option_strings else action.dest
+            raise HighlightSenseError(f"{flag} must be a finite number, not {value}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
+        _check_numbers(p, args)
         code = {"detect": _detect, "select": _select, "watch": _watch,
                 "demo": _demo, "bench": _bench}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit

@@ -428,3 +428,40 @@ def test_finding13_safetensors_metadata_arguments_get_the_same_check(tmp_path):
                   metadata=dict(metadata, kwargs=json.dumps({**kwargs, **change})))
         message = _refusal(path)
         assert why in message, message
+
+
+# -- Finding 10 (settings): nan and inf are refused by name, in one line ------------------------
+
+@pytest.mark.parametrize("yaml_text, named", [
+    ("window_sec: .nan\n", "'window_sec'"),
+    ("window_sec: .inf\n", "'window_sec'"),
+    ("stride_sec: -.inf\n", "'stride_sec'"),
+    ("nms_window: .nan\n", "'nms_window'"),
+    ("threshold: .nan\n", "'threshold'"),
+    ("max_duration_sec: .inf\n", "'max_duration_sec'"),
+    ("progress_every_sec: .nan\n", "'progress_every_sec'"),
+])
+def test_finding10_yaml_nan_and_inf_settings_are_refused_in_one_line(
+        media, tmp_path, capsys, yaml_text, named):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    code, err = run(capsys, "detect", media, "--out", tmp_path / "out", "--config", config)
+    assert code == 1 and named in one_line(err) and "finite number" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["detect", "IN", "--out", "OUT", "--window-sec", "nan"], "--window-sec"),
+    (["detect", "IN", "--out", "OUT", "--max-duration", "nan"], "--max-duration"),
+    (["detect", "IN", "--out", "OUT", "--stride-sec", "inf"], "--stride-sec"),
+    (["detect", "IN", "--out", "OUT", "--nms-window=-inf"], "--nms-window"),
+    (["select", "OUT", "--threshold", "nan"], "--threshold"),
+    (["watch", "http://127.0.0.1:9/live.m3u8", "--horizon", "nan"], "--horizon"),
+    (["watch", "http://127.0.0.1:9/live.m3u8", "--max-delay", "inf"], "--max-delay"),
+])
+def test_finding10_nan_and_inf_flags_are_refused_in_one_line(media, tmp_path, capsys, args,
+                                                              named):
+    args = [{"IN": str(media), "OUT": str(tmp_path / "out")}.get(a, a) for a in args]
+    code, err = run(capsys, *args)
+    assert code == 1 and named in one_line(err) and "finite number" in err
+    assert not (tmp_path / "out").exists()
