@@ -465,3 +465,93 @@ def test_finding10_nan_and_inf_flags_are_refused_in_one_line(media, tmp_path, ca
     code, err = run(capsys, *args)
     assert code == 1 and named in one_line(err) and "finite number" in err
     assert not (tmp_path / "out").exists()
+
+
+# -- Finding 12: the webhook's secrets stay out of the log; its queue is bounded ---------------
+
+class Hook:
+    """A webhook receiver on 127.0.0.1: answers `status`, each POST held until `release`."""
+
+    def __init__(self, status=200):
+        self.bodies, self.auth, self.status = [], [], status
+        self.release = threading.Event()
+        self.release.set()
+        self.arrived = threading.Event()  # a POST has come (and may be held)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.arrived.set()
+                outer.release.wait(30)
+                outer.bodies.append(json.loads(body))
+                outer.auth.append(self.headers.get("Authorization"))
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def _clip_event(k: int):
+    from highlightsense.operators.sinks.events import ClipEvent
+
+    return ClipEvent(id=k, path=f"clip{k}.mp4", start_sec=k, end_sec=k + 1.0, mode="copy",
+                     note="")
+
+
+def test_finding12_webhook_url_secrets_are_redacted_in_warnings(tmp_path, caplog):
+    from highlightsense.operators.sinks.events import EventSink
+
+    hook = Hook(status=403)  # refused: a warning, with the URL in it
+    url = f"http://alice:hunter2@127.0.0.1:{hook.port}/hook?token=SECRET123&x=1"
+    try:
+        with caplog.at_level("WARNING", logger="highlightsense"):
+            sink = EventSink(str(tmp_path / "events.jsonl"), webhook=url, tries=1)
+            sink.emit(_clip_event(1))
+            sink.close()
+    finally:
+        hook.close()
+    assert sink.failed == 1 and len(hook.bodies) == 1
+    assert f"webhook http://***@127.0.0.1:{hook.port}/hook?***" in caplog.text
+    assert "SECRET123" not in caplog.text and "hunter2" not in caplog.text
+    assert hook.auth == ["Basic YWxpY2U6aHVudGVyMg=="]  # the credentials went as Basic auth
+
+
+def test_finding12_webhook_queue_is_bounded_and_drops_the_oldest_with_a_count(tmp_path,
+                                                                            caplog):
+    from highlightsense.operators.sinks.events import EventSink
+
+    hook = Hook()
+    hook.release.clear()  # a receiver that does not answer yet
+    try:
+        with caplog.at_level("WARNING", logger="highlightsense"):
+            sink = EventSink(str(tmp_path / "events.jsonl"),
+                             webhook=f"http://127.0.0.1:{hook.port}/hook?token=S", queue_max=5)
+            sink.emit(_clip_event(1))
+            assert hook.arrived.wait(10)  # the first is in flight, held by the receiver
+            for k in range(2, 51):
+                sink.emit(_clip_event(k))
+                assert sink._posts.qsize() <= 5
+            hook.release.set()
+            sink.close()
+    finally:
+        hook.close()
+    ids = [b["id"] for b in hook.bodies]
+    # The one in flight when the receiver stalled, then the newest five, in order.
+    assert ids == [1, 46, 47, 48, 49, 50]
+    assert sink.dropped == 44
+    assert f"{sink.dropped} events dropped" in caplog.text and "token=S" not in caplog.text
+    assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 50  # the file has all
