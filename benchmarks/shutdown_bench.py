@@ -31,7 +31,7 @@ def _command(media, models, out: Path, config: Path, *extra) -> list:
     separator, checkpoint = models
     return [sys.executable, "-m", "highlightsense", "detect", str(media), "--model",
             str(checkpoint), "--separator", str(separator), "--device", "cpu", "--out", str(out),
-            "--config", str(config), "--no-clips", "-q", *extra]
+            "--config", str(config), "--no-clips", "--single-pass", "-q", *extra]
 
 
 def _record_written(out: Path) -> bool:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--clean", type=int, default=50)
     p.add_argument("--failing", type=int, default=20)
     p.add_argument("--interrupted", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=20.0, help="input length")
+    p.add_argument("--seconds", type=float, default=16.0, help="input length")
     p.add_argument("--parallel", type=int, default=2, help="runs at once")
     args = p.parse_args(argv)
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         models = write_small_models(folder / "models")
-        vod = SyntheticVod(args.seconds, seed=4, moments=[(10.0, 14.0)], music=[], bangs=[])
+        vod = SyntheticVod(args.seconds, seed=4, moments=[(4.0, 8.0)], music=[], bangs=[])
         media = write_media(folder / "vod.mkv", vod.blocks(), audio_codec="aac")
         config = folder / "c.yaml"
         config.write_text("progress_every_sec: 0.2\nthreshold_percentile: 80\nbatch_size: 4\n")
@@ -89,9 +89,16 @@ def main(argv=None) -> int:
                 + [("interrupted", k) for k in range(args.interrupted)])
         random.Random(0).shuffle(jobs)  # the kinds interleaved, as a user's runs come
         began = time.monotonic()
+        results = []
+
+        def job_done(job):
+            result = one_run(*job, media, models, folder, config, env, args.seconds)
+            results.append(result)  # and said at once: a long series shows how it goes
+            print(f"{len(results):>3}/{len(jobs)} {result[0]:<12} exit {result[1]:>3} "
+                  f"{result[2]:5.1f} s", flush=True)
+
         with ThreadPoolExecutor(args.parallel) as pool:
-            results = list(pool.map(lambda job: one_run(*job, media, models, folder, config,
-                                                        env, args.seconds), jobs))
+            list(pool.map(job_done, jobs))
         wall = time.monotonic() - began
     statuses = collections.defaultdict(collections.Counter)
     times = collections.defaultdict(list)
