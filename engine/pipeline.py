@@ -179,6 +179,7 @@ class Pipeline:
         self.metrics = PipelineMetrics(
             [StageMetrics(source.name)] + [StageMetrics(op.name) for op in self.operators])
         self._stop = threading.Event()  # tells a blocked source thread to give up early
+        self._reading: Optional[threading.Thread] = None  # the worker in the source's read
 
     async def run(self) -> PipelineMetrics:
         queues = [asyncio.Queue(self.queue_size) for _ in self.operators]
@@ -228,18 +229,26 @@ class Pipeline:
     def _stop_workers(self, pool: "StageThreads") -> None:
         """Every worker ends before the run returns (engine.threads says why). After a clean run
         they are idle; after a failure or Ctrl-C one may still be in its operator (a Demucs
-        batch: seconds) or in the source's read. The source is closed once a moment has let a
-        read under way end by itself (a decoder closed under a read is undefined); a read
-        still waiting then is one that closing a source is made to end (a stalled download).
-        Those not ended within engine.threads.JOIN_SEC in all are named in the log."""
+        batch: seconds), waited for up to engine.threads.JOIN_SEC, or in the source's read. The
+        source is closed once a moment has let a read under way end by itself (a decoder closed
+        under a read is undefined); a read still waiting a moment after that is one that does
+        not return (a stalled pipe): it is not waited for. Those left are named in the log and
+        given up (threads.abandon: the command then leaves without teardown)."""
         began = time.monotonic()
         pool.stop()
         pool.join(_SETTLE_SEC)
         self.source.close()
-        stuck = pool.join(max(0.0, threads.JOIN_SEC - (time.monotonic() - began)))
+        stuck = pool.join(_SETTLE_SEC)
+        working = [t for t in stuck if t is not self._reading]  # in an operator: wait on
+        if working:
+            threads.join(working, max(0.0, threads.JOIN_SEC - (time.monotonic() - began)))
+            stuck = [t for t in stuck if t.is_alive()]
         if stuck:
-            log.warning("%s did not stop within %g s (blocked in a call that does not "
-                        "return)", threads.names(stuck), threads.JOIN_SEC)
+            reading = self._reading in stuck
+            log.warning("%s did not stop (%s)", threads.names(stuck),
+                        "blocked reading the input" if reading and len(stuck) == 1
+                        else f"blocked over {threads.JOIN_SEC:g} s")
+            threads.abandon(stuck)
 
     async def _send(self, stage: int, item) -> None:
         """Hand item to the stage after `stage` (if any), waiting while its queue is full."""
@@ -264,7 +273,11 @@ class Pipeline:
         def pull():
             if self._stop.is_set():
                 return _END
-            return next(iterator, _END)
+            self._reading = threading.current_thread()  # for _stop_workers
+            try:
+                return next(iterator, _END)
+            finally:
+                self._reading = None
 
         while True:
             pulled = loop.run_in_executor(pool, _timed(metrics, pull))

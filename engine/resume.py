@@ -119,7 +119,8 @@ def _inconsistency(data: dict, source: str) -> str:
         return "$.reference_db: not one level per stem of the features' state"
     named = data["info"].get("source")
     if named is not None and named != source:
-        return f"$.info.source: names {named!r}, not this run's input"
+        shown = named if len(named) <= 100 else named[:97] + "..."
+        return f"$.info.source: names {shown!r}, not this run's input"
     return ""
 
 

@@ -3,8 +3,9 @@
 Every thread the tool starts is named `hs-...` (stages, downloads, the fetch watchdog, the live
 video buffer, clips, webhook). Each has its own way to be stopped (a pipeline stops its stages,
 a source's close() cancels its downloads); what is left here is the last word: at the end of
-a command each is joined, for at most JOIN_SEC in all. One still running then is stuck in a
-blocking call (a read that will not return). Letting interpreter teardown meet it is what ended
+a command each is joined, for at most JOIN_SEC in all, save those already waited for and given
+up (`abandon`). One still running then is stuck in a blocking call (a read that will not
+return). Letting interpreter teardown meet it is what ended
 runs with "terminate called without an active exception" (exit 134): a daemon thread that comes
 back from torch's C++ code while the interpreter shuts down is killed inside it. So a command
 that leaves a thread blocked names it in the log and, its outputs flushed, leaves with
@@ -15,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import List, Optional
 
 log = logging.getLogger("highlightsense")
@@ -40,6 +42,14 @@ def join(threads, timeout: Optional[float] = None) -> List[threading.Thread]:
     return [t for t in threads if t.is_alive()]
 
 
+_abandoned: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+def abandon(threads) -> None:
+    """`threads` were waited for and will not end (blocked): `leave` does not wait again."""
+    _abandoned.update(threads)
+
+
 def names(threads) -> str:
     return ", ".join(sorted({t.name for t in threads}))
 
@@ -49,13 +59,14 @@ def leave(status: int) -> int:
     running; else (one is blocked) the outputs are flushed and the process exits at once
     with `status`, without interpreter teardown."""
     try:
-        blocked = join(ours())
+        join([t for t in ours() if t not in _abandoned])
     except KeyboardInterrupt:  # a second Ctrl-C while waiting: go now
-        blocked, status = ours(), 130
+        status = 130
+    blocked = ours()
     if not blocked:
         return status
-    log.warning("%s still blocked %g s after the end; leaving without waiting for %s",
-                names(blocked), JOIN_SEC, "it" if len(blocked) == 1 else "them")
+    log.warning("%s still blocked at the end; leaving without waiting for %s",
+                names(blocked), "it" if len(blocked) == 1 else "them")
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

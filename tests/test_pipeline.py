@@ -113,8 +113,7 @@ async def test_failing_source_reports_its_message():
     assert str(err.value) == "numbers: broken input at item 4"
 
 
-async def test_cancellation_is_prompt_even_with_a_stuck_source(caplog, monkeypatch):
-    monkeypatch.setattr(threads, "JOIN_SEC", 1.0)  # the wait for a stuck worker, shortened
+async def test_cancellation_is_prompt_even_with_a_stuck_source(caplog):
     release = threading.Event()
 
     class Stuck(Source):
@@ -133,9 +132,10 @@ async def test_cancellation_is_prompt_even_with_a_stuck_source(caplog, monkeypat
     with caplog.at_level(logging.WARNING, logger="highlightsense"):
         with pytest.raises(asyncio.CancelledError):
             await task
-    # Its worker is waited for (engine.threads.JOIN_SEC), then named: it does not stop.
-    assert time.monotonic() - began < threads.JOIN_SEC + 1
-    assert "did not stop" in caplog.text and "hs-stage-" in caplog.text
+    assert time.monotonic() - began < 2
+    # A read that does not return is not waited for: its worker is named, and given up.
+    assert "did not stop (blocked reading the input)" in caplog.text
+    assert any(t.name.startswith("hs-stage-") for t in threads._abandoned)
     assert sink.items == [1]
     release.set()
 

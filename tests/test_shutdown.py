@@ -139,3 +139,34 @@ def test_shutdown_the_fetch_watchdog_ends_once_nothing_is_watched():
     fetch._WATCHDOG.unwatch(attempt)
     watchdog.join(2.0)
     assert not watchdog.is_alive()
+
+
+async def test_shutdown_an_operator_mid_batch_is_waited_for_a_stuck_read_is_not():
+    """A worker in an operator (torch's C++ code, where teardown must not meet it) is waited
+    for; one in a read that does not return is named and given up at once."""
+    release = threading.Event()
+
+    class StuckAfterTwo(Source):
+        name = "stuck"
+
+        def __iter__(self):
+            yield 1
+            yield 2
+            release.wait()  # a pipe that delivers no more
+            yield 3
+
+    busy = Busy(1.5)
+    task = asyncio.create_task(Pipeline(StuckAfterTwo(), [busy], queue_size=2).run())
+    while not busy.running.is_set():
+        await asyncio.sleep(0.01)
+    began = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    waited = time.monotonic() - began
+    assert busy.calls >= 1 and waited < threads.JOIN_SEC
+    reading = [t for t in stage_threads() if t.is_alive()]
+    assert len(reading) == 1 and reading[0] in threads._abandoned  # the read, given up
+    assert not any(t.is_alive() and t not in threads._abandoned for t in stage_threads())
+    release.set()
+    reading[0].join(5)
