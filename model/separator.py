@@ -383,14 +383,14 @@ def _build(package, source) -> nn.Module:
     if klass not in MODEL_CLASSES.values():
         raise _refused(source, [_what(package["klass"])])
     state = package["state"]
+    if isinstance(state, dict) and state.get("__quantized"):
+        raise HighlightSenseError(
+            f"{source} is a diffq-quantized model, which needs the diffq package; use an "
+            "unquantized model (htdemucs, htdemucs_ft, ...)")
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise HighlightSenseError(f"{source} is not a demucs model package (its state is not "
                                   f"a mapping of names to tensors)")
-    if state.get("__quantized"):
-        raise HighlightSenseError(
-            f"{source} is a diffq-quantized model, which needs the diffq package; use an "
-            "unquantized model (htdemucs, htdemucs_ft, ...)")
     _check_arguments(klass, package["args"], package["kwargs"], source)
     _check_sizes(klass, package["args"], package["kwargs"], state, source)
     with warnings.catch_warnings():
