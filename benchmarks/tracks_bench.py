@@ -21,7 +21,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import av
 import numpy as np

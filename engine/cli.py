@@ -14,8 +14,10 @@ Errors a user can fix come out as one line on stderr and a non-zero exit status.
 """
 import argparse
 import logging
+import math
 import os
 import sys
+import traceback
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -572,10 +574,24 @@ def _bench(args) -> int:
     return run(args)
 
 
+def _check_numbers(p: argparse.ArgumentParser, args) -> None:
+    """A number flag given nan or inf (which float() takes) is refused by name, in one line:
+    no setting means either. (Config keys are refused again by engine.config, with YAML's.)"""
+    commands = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for action in commands[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        if any(isinstance(v, float) and not math.isfinite(v)
+               for v in (value if isinstance(value, list) else [value])):
+            flag = action.option_strings[-1] if action.option_strings else action.dest
+            raise HighlightSenseError(f"{flag} must be a finite number, not {value}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
+        _check_numbers(p, args)
         code = {"detect": _detect, "select": _select, "export": _export, "watch": _watch,
                 "review": _review, "demo": _demo, "bench": _bench, "evaluate": _evaluate,
                 "train": _train}[args.command](args)
@@ -593,6 +609,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _closed_pipe()
 
 
+def run() -> int:
+    """The console script (and `python -m highlightsense`): main(), then the end of every thread
+    the tool started, or, where one is blocked, an exit that does not wait for it
+    (engine.threads). main() itself is what a notebook or a test calls: it never exits."""
+    from highlightsense.engine import threads
+
+    try:
+        status = main()
+    except Exception:  # a bug: its traceback, then the same ending
+        traceback.print_exc()
+        status = EXIT_ERROR
+    return threads.leave(status)
+
+
 def _closed_pipe() -> int:
     """Whoever read our output stopped (`| head`): nothing to say, and nothing more to write.
     stdout goes to /dev/null so the interpreter's last flush does not fail again."""
@@ -601,4 +631,4 @@ def _closed_pipe() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -3,6 +3,7 @@
 
 Unknown keys and bad values are refused by name, in one line.
 """
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -122,9 +123,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         str: isinstance(value, str) and value != "",
         Optional[str]: isinstance(value, str) and value != "",
     }[kind]
+    if ok and kind in (float, Optional[float]) and not math.isfinite(value):
+        ok = False  # YAML's .nan and .inf, a flag's nan: no setting means either
     if not ok:
-        want = {float: "a number", int: "a whole number", Optional[int]: "a whole number or null",
-                Optional[float]: "a number or null",
+        want = {float: "a finite number", int: "a whole number",
+                Optional[int]: "a whole number or null",
+                Optional[float]: "a finite number or null",
                 bool: "true or false", str: "a name", Optional[str]: "a path or null"}[kind]
         raise HighlightSenseError(f"{source}: '{key}' must be {want}, not {value!r}")
     return float(value) if kind in (float, Optional[float]) else value

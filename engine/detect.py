@@ -8,6 +8,7 @@
 """
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional
@@ -21,7 +22,7 @@ from highlightsense.engine.operator import FeatureRun, restart_sample
 from highlightsense.engine.passes import build_scorer, open_source, run_pipeline
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.progress import Progress
-from highlightsense.engine.resume import Checkpoints, ProgressRecord, fingerprint
+from highlightsense.engine.resume import Checkpoints, ProgressRecord, fingerprint, source_name
 from highlightsense.engine.second_pass import (HeldLevels, batch_start, exact_from, rescore,
                                                windows_to_redo)
 from highlightsense.engine.selection import finish
@@ -63,9 +64,10 @@ def prepare_out_dir(out_dir: Path) -> Path:
         raise HighlightSenseError(f"{out_dir} is a file, not a folder; choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".highlightsense-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A name of its own (mkstemp: O_EXCL), never a file or link already there.
+        fd, probe = tempfile.mkstemp(prefix=".highlightsense-write-test", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise HighlightSenseError(
             f"cannot write to output folder {out_dir}: {e.strerror}; choose another with --out"
@@ -84,8 +86,9 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
     stages = scorer.feature_stages(cfg, FeatureRun(emit_from=first * cfg.stride_frames,
                                                    hold=held))
     for stage in stages:
-        if stage.name in record.stages:
-            stage.restore(record.stages[stage.name])
+        state = record.state_for(stage)
+        if state is not None:
+            stage.restore(state)
     observer.stages_built(stages)
     start = restart_sample(stages, grid.frame_sample(first * cfg.stride_frames)) if first else 0
     source = open_source(input_path, cfg, start, record.source.get("sync_points"))
@@ -131,7 +134,8 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
 
     observer.scorer_ready(scorer)
     cfg = replace(cfg, batch_size=cfg.batch_size or scorer.batch_size)
-    record = ProgressRecord.begin(out_dir, fingerprint(input_path, cfg, scorer), restart)
+    record = ProgressRecord.begin(out_dir, fingerprint(input_path, cfg, scorer), restart,
+                                  source_name(input_path))
     record.enabled = not is_url(input_path)  # a URL's stream cannot be reopened at a sample
     record.on_save = observer.record_saved
     recut = record.phase == 3  # interrupted while choosing or cutting: only that is done again
@@ -147,7 +151,7 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
         info = source.info
         record.windows, record.phase = windows, 2
         record.info = {
-            "source": os.path.abspath(input_path) if os.path.exists(input_path) else input_path,
+            "source": source_name(input_path),
             "origin_sec": info.origin_sec,
             "duration_sec": metrics.position_sec,
             "has_video": info.has_video,

@@ -54,6 +54,10 @@ class RestartableStage(Operator):
         `first_needed` on, exactly what an uninterrupted run emits (given `state()`)."""
         raise NotImplementedError
 
+    # What state() gives, as a JSON schema (engine.records): a progress record's copy is
+    # checked against it before restore() takes it.
+    state_schema: dict = {"type": "object", "maxProperties": 0}
+
     def state(self) -> dict:
         """What a restart needs beyond its input (JSON-able), read between chunks."""
         return {}

@@ -18,17 +18,21 @@ a broadcast that goes on): a Tick every `tick_sec` then says how far.
 """
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Coroutine, List, Optional, Sequence
 
+from highlightsense.engine import threads
 from highlightsense.engine.chunks import AudioChunk, Tick
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import ClockReader, Operator, Source
 
 _END = object()  # end-of-stream marker
+log = logging.getLogger("highlightsense")
+_SETTLE_SEC = 0.5  # what a stopping run gives a read under way before closing its source
 
 
 @dataclass
@@ -112,11 +116,19 @@ class StageThreads(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  timeout: Optional[float] = None) -> None:
+        self.stop()
+        if wait:
+            threads.join(self._threads, timeout)
+
+    def stop(self) -> None:
+        """Each worker ends once the job it runs (if any) returns."""
         for _ in self._threads:
             self._jobs.put(None)
-        if wait:
-            for thread in self._threads:
-                thread.join(timeout)
+
+    def join(self, timeout: Optional[float] = None) -> list:
+        """Joins the workers within `timeout` in all (threads.JOIN_SEC by default); returns
+        those still running."""
+        return threads.join(self._threads, timeout)
 
 
 def run_async(main: Coroutine):
@@ -167,6 +179,7 @@ class Pipeline:
         self.metrics = PipelineMetrics(
             [StageMetrics(source.name)] + [StageMetrics(op.name) for op in self.operators])
         self._stop = threading.Event()  # tells a blocked source thread to give up early
+        self._reading: Optional[threading.Thread] = None  # the worker in the source's read
 
     async def run(self) -> PipelineMetrics:
         queues = [asyncio.Queue(self.queue_size) for _ in self.operators]
@@ -201,10 +214,7 @@ class Pipeline:
             if monitor:
                 monitor.cancel()
                 await asyncio.gather(monitor, return_exceptions=True)
-            # After a clean run the workers are idle: let them end now, so no thread is left to
-            # meet the interpreter's exit. After a failure one may be stuck in a read: go.
-            pool.shutdown(wait=not failed, timeout=5.0)
-            self.source.close()
+            self._stop_workers(pool)
             self.metrics.finished = time.perf_counter()
             if self.on_progress:
                 self._update_depths(queues)
@@ -215,6 +225,30 @@ class Pipeline:
                     if not failed:
                         raise  # else the first error is the one to report
         return self.metrics
+
+    def _stop_workers(self, pool: "StageThreads") -> None:
+        """Every worker ends before the run returns (engine.threads says why). After a clean run
+        they are idle; after a failure or Ctrl-C one may still be in its operator (a Demucs
+        batch: seconds), waited for up to engine.threads.JOIN_SEC, or in the source's read. The
+        source is closed once a moment has let a read under way end by itself (a decoder closed
+        under a read is undefined); a read still waiting a moment after that is one that does
+        not return (a stalled pipe): it is not waited for. Those left are named in the log and
+        given up (threads.abandon: the command then leaves without teardown)."""
+        began = time.monotonic()
+        pool.stop()
+        pool.join(_SETTLE_SEC)
+        self.source.close()
+        stuck = pool.join(_SETTLE_SEC)
+        working = [t for t in stuck if t is not self._reading]  # in an operator: wait on
+        if working:
+            threads.join(working, max(0.0, threads.JOIN_SEC - (time.monotonic() - began)))
+            stuck = [t for t in stuck if t.is_alive()]
+        if stuck:
+            reading = self._reading in stuck
+            log.warning("%s did not stop (%s)", threads.names(stuck),
+                        "blocked reading the input" if reading and len(stuck) == 1
+                        else f"blocked over {threads.JOIN_SEC:g} s")
+            threads.abandon(stuck)
 
     async def _send(self, stage: int, item) -> None:
         """Hand item to the stage after `stage` (if any), waiting while its queue is full."""
@@ -239,7 +273,11 @@ class Pipeline:
         def pull():
             if self._stop.is_set():
                 return _END
-            return next(iterator, _END)
+            self._reading = threading.current_thread()  # for _stop_workers
+            try:
+                return next(iterator, _END)
+            finally:
+                self._reading = None
 
         while True:
             pulled = loop.run_in_executor(pool, _timed(metrics, pull))
@@ -296,8 +334,8 @@ class Pipeline:
                 return
 
     def _update_depths(self, queues) -> None:
-        for queue, metrics in zip(queues, self.metrics.stages[1:]):
-            metrics.queue_depth = queue.qsize()
+        for waiting, metrics in zip(queues, self.metrics.stages[1:]):
+            metrics.queue_depth = waiting.qsize()
             metrics.queue_max = max(metrics.queue_max, metrics.queue_depth)
 
     async def _monitor(self, queues) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from highlightsense.engine import records
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import OutputError, write_text
@@ -26,6 +27,48 @@ log = logging.getLogger("highlightsense")
 
 RECORD_NAME = ".highlightsense-progress.json"
 FORMAT = 2  # 2: stage states by name (1 had the features' history apart)
+
+
+# What a record holds, checked before any of it is used (engine.records). Windows are
+# [index, start_sec, end_sec, confidence, peak_sec]; a stage's own state is checked against the
+# stage's state_schema when it is restored (ProgressRecord.state_for).
+_WINDOW = {"type": "array", "minItems": 5, "maxItems": 5,
+           "prefixItems": [records.COUNT, records.SECONDS, records.SECONDS, {"type": "number"},
+                           records.SECONDS]}
+_WINDOWS = {"type": "array", "items": _WINDOW}
+SCHEMA = {
+    "type": "object",
+    "required": ["format", "fingerprint", "phase", "windows", "rescored", "source", "stages",
+                 "reference_db", "exact_from", "info", "position_sec", "resumes"],
+    "properties": {
+        "format": {"const": FORMAT},
+        "fingerprint": {"type": "object", "required": ["input", "scoring"],
+                        "properties": {"input": {"type": "object"},
+                                       "scoring": {"type": "object"}}},
+        "phase": {"enum": [1, 2, 3]},
+        "windows": _WINDOWS,
+        "rescored": _WINDOWS,
+        "source": {"type": "object", "properties": {"sync_points": {
+            "type": "array", "items": {"type": "array", "minItems": 3, "maxItems": 3,
+                                       "prefixItems": [{"type": "integer"}, records.COUNT,
+                                                       records.COUNT]}}}},
+        "stages": {"type": "object", "additionalProperties": {"type": "object"}},
+        "reference_db": {"anyOf": [{"type": "null"}, {"type": "array", "minItems": 1,
+                                                      "maxItems": 16, "items": {"type": "level"}}]},
+        "exact_from": {"anyOf": [{"type": "null"}, records.COUNT]},
+        "info": {"type": "object"},
+        "position_sec": records.SECONDS,
+        "resumes": {"type": "array", "items": {"type": "object"}},
+    },
+    # Once the first pass is done the record says what it learnt of the source.
+    "if": {"properties": {"phase": {"const": 1}}},
+    "else": {"properties": {"info": records.SOURCE_INFO}},
+}
+
+
+def source_name(input_path: str) -> str:
+    """How outputs name this run's input: a local file by its absolute path, else as given."""
+    return os.path.abspath(input_path) if os.path.exists(input_path) else input_path
 
 
 def _file_identity(path: str) -> dict:
@@ -66,6 +109,23 @@ def _windows_in(rows: list) -> List[WindowScore]:
     return [WindowScore(int(i), float(s), float(e), float(c), float(p)) for i, s, e, c, p in rows]
 
 
+def _inconsistency(data: dict, source: str) -> str:
+    """What the schema cannot see that makes a record not this run's: windows out of order,
+    or another source named than the one this run was given."""
+    for key in ("windows", "rescored"):
+        if any(row[0] != i for i, row in enumerate(data[key])):
+            return f"$.{key}: not numbered 0, 1, 2, ..."
+    levels = [len(state["reference_db"]) for state in data["stages"].values()
+              if isinstance(state.get("reference_db"), list)]
+    if data["reference_db"] is not None and levels[:1] != [len(data["reference_db"])]:
+        return "$.reference_db: not one level per stem of the features' state"
+    named = data["info"].get("source")
+    if named is not None and named != source:
+        shown = named if len(named) <= 100 else named[:97] + "..."
+        return f"$.info.source: names {shown!r}, not this run's input"
+    return ""
+
+
 @dataclass
 class ProgressRecord:
     """Where a run stands. Phases: 1 (scoring), 2 (the second pass: engine.second_pass),
@@ -89,26 +149,30 @@ class ProgressRecord:
     on_save: Optional[Callable[["ProgressRecord"], None]] = None  # told of each write
 
     @classmethod
-    def begin(cls, out_dir: Path, print_: dict, restart: bool) -> "ProgressRecord":
+    def begin(cls, out_dir: Path, print_: dict, restart: bool, source: str
+              ) -> "ProgressRecord":
         """The folder's record for this run: the interrupted run's when it matches, else new.
-        A record for a different input or settings is refused unless `restart`."""
+        A record for a different input or settings, or one this tool did not write, is refused
+        unless `restart`. `source`: this run's input (source_name), the only source its outputs
+        name: a record's own is never taken."""
         path = Path(out_dir) / RECORD_NAME
         record = cls(path, print_)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return record
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError("format")
-        except (OSError, ValueError):
-            if not restart:
-                raise HighlightSenseError(
-                    f"{path} is unreadable; pass --restart to start over (the run's saved "
-                    f"progress is then lost)") from None
-            data = None
-        if data is None or restart:
+        if restart:
             log.info("--restart: starting over, saved progress discarded")
             return record
+        again = "pass --restart to start over (the run's saved progress is then lost)"
+        try:
+            data = records.read_json(path, constants=("-Infinity",))
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or str(e).split(":")[0]
+            raise records.RecordError(f"{path} is unreadable ({reason}); {again}") from None
+        records.check(data, SCHEMA, f"{path}", again)
+        wrong = _inconsistency(data, source)
+        if wrong:
+            raise records.RecordError(f"{path} is not one this tool wrote for this run "
+                                      f"({wrong}); {again}")
         changed = _differences(data["fingerprint"], print_)
         if changed:
             raise HighlightSenseError(
@@ -122,10 +186,20 @@ class ProgressRecord:
         record.stages = data["stages"]
         record.reference_db = data["reference_db"]
         record.exact_from = data["exact_from"]
-        record.info = data["info"]
+        record.info = dict(data["info"], source=source) if data["info"] else {}
         record.position_sec = data["position_sec"]
         record.resumes = data["resumes"]
         return record
+
+    def state_for(self, stage) -> Optional[dict]:
+        """The saved state of `stage` (None: none saved), checked against what the stage
+        declares (RestartableStage.state_schema) before it is restored."""
+        if stage.name not in self.stages:
+            return None
+        return records.check(self.stages[stage.name], stage.state_schema,
+                             f"{self.path} ($.stages.{stage.name})",
+                             "pass --restart to start over (the run's saved progress is then "
+                             "lost)")
 
     def note_resume(self, phase: int, window: int, window_sec: float, decode_from_sec: float
                     ) -> None:

@@ -8,8 +8,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from highlightsense.engine import records
 from highlightsense.engine.config import SELECTION_KEYS, Config, given_keys, load_config
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.files import check_own_folder, own_folder
 from highlightsense.engine.timecode import hms, plural
 from highlightsense.operators.online_select import select_above
 from highlightsense.operators.select import (Selection, WindowScore, apply_nms,
@@ -22,6 +24,14 @@ log = logging.getLogger("highlightsense")
 # anew.
 _RESULT_KEYS = ("settings", "threshold", "windows", "windows_above_threshold", "after_nms",
                 "highlights")
+# What `select` takes from highlights.json: the source its clips are cut from, as a progress
+# record's (engine.records.SOURCE_INFO), and the settings it starts from (each value is then
+# checked as a config value).
+_WINDOW_LENGTH = {"type": "number", "exclusiveMinimum": 0}
+SUMMARY_SCHEMA = {"allOf": [records.SOURCE_INFO, {
+    "required": ["settings"],
+    "properties": {"settings": {"type": "object", "properties": {
+        "window_sec": _WINDOW_LENGTH, "stride_sec": _WINDOW_LENGTH}}}}]}
 
 
 @dataclass
@@ -144,6 +154,7 @@ def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict,
                     len(windows), windows[0].confidence)
     clips = None
     if cfg.clips and selection.top:
+        log.info("the clips are cut from %s", info["source"])
         if recut:
             log.info("cutting the %s again: the interrupted run had not finished them",
                      plural(len(selection.top), "clip"))
@@ -176,8 +187,7 @@ def finish(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict,
 def cut_clips(out_dir: Path, selection: Selection, cfg: Config, info: dict):
     from highlightsense.operators.sources.resolve import is_url
 
-    clips_dir = out_dir / "clips"
-    clips_dir.mkdir(exist_ok=True)
+    clips_dir = own_folder(out_dir / "clips")
     spans = [(w.start_sec, w.end_sec) for w in selection.top]
 
     def before(k: int, n: int) -> None:
@@ -228,7 +238,29 @@ def _finished_summary(out_dir: Path) -> Dict:
         raise HighlightSenseError(
             f"{out_dir} holds no finished detect run (no {tables.SCORES_CSV} and "
             f"{tables.SUMMARY_JSON}); run `highlightsense detect INPUT --out {out_dir}` first")
-    return tables.read_summary(out_dir)
+    path = out_dir / tables.SUMMARY_JSON
+    again = f"run detect again into {out_dir} (or another --out)"
+    try:  # NaN and infinities as json.dump writes them: the schema refuses them where used
+        summary = records.read_json(path, constants=("NaN", "Infinity", "-Infinity"))
+    except (OSError, ValueError) as e:
+        raise records.RecordError(f"{path} is unreadable ({getattr(e, 'strerror', None) or e}); "
+                                  f"{again}") from None
+    return records.check(summary, SUMMARY_SCHEMA, str(path), again)
+
+
+def _saved_scores(out_dir: Path) -> List[WindowScore]:
+    """The folder's window scores, each a number where select uses one."""
+    path = out_dir / tables.SCORES_CSV
+    try:
+        windows = tables.read_scores(out_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise records.RecordError(f"{path} is unreadable ({e}); run detect again into "
+                                  f"{out_dir}") from None
+    for w in windows:
+        if not all(map(math.isfinite, (w.start_sec, w.end_sec, w.confidence))):
+            raise records.RecordError(f"{path}: window {w.index} has a score or time that is "
+                                      f"not a finite number; run detect again into {out_dir}")
+    return windows
 
 
 def last_settings(out_dir: Path) -> Dict:
@@ -253,7 +285,7 @@ def reselect(out_dir: Path, cfg: Config) -> Outcome:
     """`select`: selection and clips again from saved scores, without touching the audio."""
     out_dir = Path(out_dir)
     saved = _finished_summary(out_dir)
-    windows = tables.read_scores(out_dir)
+    windows = _saved_scores(out_dir)
     info = {k: v for k, v in saved.items() if k not in _RESULT_KEYS}
     # The scores fix the windows: keep the window settings they were computed with.
     settings = saved.get("settings", {})
@@ -263,6 +295,8 @@ def reselect(out_dir: Path, cfg: Config) -> Outcome:
     if cfg.clips and not is_url(info["source"]) and not os.path.exists(info["source"]):
         raise HighlightSenseError(
             f"the source {info['source']} is gone; clips need it (or pass --no-clips)")
+    if cfg.clips:
+        check_own_folder(out_dir / "clips")  # before anything of the folder's is replaced
     (out_dir / tables.SUMMARY_JSON).unlink()
     try:
         return finish(out_dir, windows, cfg, info)

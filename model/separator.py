@@ -15,7 +15,9 @@ model classes and Fraction allowed, and a `.safetensors` must name one of those 
 anything else is refused by name.
 """
 import hashlib
+import inspect
 import json
+import math
 import os
 import pickle
 import re
@@ -43,7 +45,35 @@ from highlightsense.operators.sources.fetch import FetchPolicy, describe_error, 
 
 DEFAULT_MODEL = "htdemucs"
 MODEL_CLASSES = {f"{k.__module__}.{k.__name__}": k for k in (HTDemucs, HDemucs, Demucs)}
-SAFE_GLOBALS = [*MODEL_CLASSES.values(), Fraction]
+
+
+class _StandIn:
+    """What a pickle gets for a model class: a demucs package names its class, and one that
+    calls it while it is read (to build a model of its own sizes before anything is checked)
+    gets an instance of this, which only records the arguments (see _build)."""
+
+    real: type = None
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _stand_in(klass: type) -> type:
+    # Named as the class it stands for: torch's allowlist matches a global by module and name.
+    return type(klass.__name__, (_StandIn,), {"__module__": klass.__module__,
+                                              "__qualname__": klass.__qualname__, "real": klass})
+
+
+STAND_INS = {name: _stand_in(klass) for name, klass in MODEL_CLASSES.items()}
+SAFE_GLOBALS = [*STAND_INS.values(), Fraction]
+# What a model's init arguments may be: plain values of modest size (HTDemucs's are numbers,
+# names, a few short lists and a Fraction). Counts that set how many layers are built are held
+# lower, and the model is first built on the meta device (no memory) to check that it holds no
+# more weights than the file does (_check_sizes).
+_MAX_INT = 1 << 20
+_MAX_LAYERS = 64
+_MAX_ITEMS = 64
+_MAX_TEXT = 256
 _SUFFIXES = (".th", ".safetensors", ".yaml")
 
 
@@ -251,29 +281,124 @@ def _load_safetensors(path: Path) -> nn.Module:
     klass = MODEL_CLASSES.get(metadata["klass"])
     if klass is None:
         raise _refused(path, [metadata["klass"]])
-    args = _decode_json(json.loads(metadata.get("args", "[]")))
-    kwargs = _decode_json(json.loads(metadata.get("kwargs", "{}")))
+    try:
+        args = _decode_json(json.loads(metadata.get("args", "[]")))
+        kwargs = _decode_json(json.loads(metadata.get("kwargs", "{}")))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise HighlightSenseError(f"{path} is not a demucs export: its init arguments are not "
+                                  f"demucs's JSON ({_one_line(e)})") from None
     return _build({"klass": klass, "args": args, "kwargs": kwargs, "state": state}, path)
+
+
+def _what(value) -> str:
+    """A value named in a few words, never by its repr (a module's runs to pages)."""
+    if isinstance(value, _StandIn):
+        return f"a {type(value).real.__name__} built while the file is read"
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return f"a {type(value).__name__}"
+
+
+def _argument_problem(value, where: str, depth: int = 0) -> str:
+    """What makes `value` (an init argument, at `where`) not a plain one of modest size."""
+    if value is None or isinstance(value, (bool, str, float, int, Fraction)):
+        if isinstance(value, str) and len(value) > _MAX_TEXT:
+            return f"{where} is a text of {len(value)} characters"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{where} is {value}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            limit = _MAX_LAYERS if where.endswith(("depth", "layers")) else _MAX_INT
+            if abs(value) > limit:
+                return f"{where} is {value}, over {limit}"
+        if isinstance(value, Fraction) and max(abs(value.numerator), value.denominator) > _MAX_INT:
+            return f"{where} is a fraction of {value.numerator.bit_length()}-bit terms"
+        return ""
+    if isinstance(value, (list, tuple, dict)) and depth < 3:
+        if len(value) > _MAX_ITEMS:
+            return f"{where} holds {len(value)} items, over {_MAX_ITEMS}"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(value, dict) and not isinstance(key, str):
+                return f"{where} has a key that is {_what(key)}"
+            wrong = _argument_problem(item, f"{where}[{key!r}]", depth + 1)
+            if wrong:
+                return wrong
+        return ""
+    return f"{where} is {_what(value)}"
+
+
+def _check_arguments(klass: type, args, kwargs, source) -> None:
+    """The package's init arguments, before anything is built from them."""
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        raise HighlightSenseError(f"{source} is not a demucs model package (its args are not a "
+                                  f"list and its kwargs not a mapping)")
+    params = [p for p in inspect.signature(klass).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    wrong = (f"it gives {len(args)} positional arguments, {klass.__name__} takes "
+             f"{len(params)}") if len(args) > len(params) else ""
+    for i, value in enumerate(args):
+        wrong = wrong or _argument_problem(value, params[i].name if i < len(params) else "")
+    for key, value in kwargs.items():
+        wrong = wrong or (f"an argument is named by {_what(key)}" if not isinstance(key, str)
+                          else _argument_problem(value, key))
+    if wrong:
+        raise HighlightSenseError(
+            f"refusing to load {source}: its {klass.__name__} arguments are not a model's "
+            f"({wrong}); only load model files you trust")
+
+
+def _check_sizes(klass: type, args, kwargs, state: dict, source) -> None:
+    """The model the arguments describe, built on the meta device (no memory, no weights),
+    holds no more numbers than the file's weights: a file cannot make us allocate more than
+    it carries."""
+    kwargs = {k: v for k, v in kwargs.items() if k in inspect.signature(klass).parameters}
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            shape = klass(*args, **kwargs)
+    except Exception as e:
+        raise HighlightSenseError(f"{source}: cannot build {klass.__name__} from it: "
+                                  f"{_one_line(e)}") from None
+    wanted = sum(t.numel() for t in shape.state_dict().values())
+    held = sum(t.numel() for t in state.values())
+    if wanted > held:
+        raise HighlightSenseError(
+            f"refusing to load {source}: its arguments make a {klass.__name__} of {wanted:,} "
+            f"weights, and the file holds {held:,}; only load model files you trust")
 
 
 def _build(package, source) -> nn.Module:
     if not isinstance(package, dict) or not {"klass", "args", "kwargs", "state"} <= set(package):
         raise HighlightSenseError(
             f"{source} is not a demucs model package (a dict with klass, args, kwargs, state)")
-    if package["klass"] not in MODEL_CLASSES.values():
-        raise _refused(source, [repr(package["klass"])])
-    if package["state"].get("__quantized"):
+    klass = package["klass"]
+    if isinstance(klass, _StandIn):
+        raise HighlightSenseError(
+            f"refusing to load {source}: it builds a {type(klass).real.__name__} while it is "
+            f"read, with arguments of its own choosing (a demucs package names its class); "
+            f"only load model files you trust")
+    if isinstance(klass, type) and issubclass(klass, _StandIn):
+        klass = klass.real  # named, as demucs writes packages: now the real class
+    if klass not in MODEL_CLASSES.values():
+        raise _refused(source, [_what(package["klass"])])
+    state = package["state"]
+    if isinstance(state, dict) and state.get("__quantized"):
         raise HighlightSenseError(
             f"{source} is a diffq-quantized model, which needs the diffq package; use an "
             "unquantized model (htdemucs, htdemucs_ft, ...)")
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise HighlightSenseError(f"{source} is not a demucs model package (its state is not "
+                                  f"a mapping of names to tensors)")
+    _check_arguments(klass, package["args"], package["kwargs"], source)
+    _check_sizes(klass, package["args"], package["kwargs"], state, source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Dropping inexistant parameter": demucs handles it
         try:
-            return load_model(package)
+            return load_model(dict(package, klass=klass, kwargs=dict(package["kwargs"])))
         except Exception as e:
             raise HighlightSenseError(
-                f"{source}: cannot build {package['klass'].__name__} from it: "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                f"{source}: cannot build {klass.__name__} from it: {_one_line(e)}") from None
 
 
 # ---- by name, from demucs's caches or its download locations ---------------------------------

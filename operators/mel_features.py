@@ -156,6 +156,19 @@ class MelFeatures(RestartableStage):
         """Each stem's reference so far (dB): what a restart or a second pass carries over."""
         return self._ref.tolist()
 
+    @property
+    def state_schema(self) -> dict:
+        per_stem = {"minItems": len(self.stems), "maxItems": len(self.stems)}
+        rise = {"type": "array", "prefixItems": [{"type": "integer", "minimum": 0},
+                                                 {"type": "level"}], "minItems": 2,
+                "maxItems": 2}
+        return {"type": "object", "required": ["reference_db", "reference_rises", "first_frame"],
+                "additionalProperties": False, "properties": {
+                    "reference_db": {"type": "array", "items": {"type": "level"}, **per_stem},
+                    "reference_rises": {"type": "array", **per_stem, "items": {
+                        "type": "array", "items": rise}},
+                    "first_frame": {"type": "integer", "minimum": 0}}}
+
     def state(self) -> dict:
         """The reference and its history: each stem's (frame, reference) at every rise, and the
         first frame the history speaks for (0 once it covers the whole stream). Copies: it is

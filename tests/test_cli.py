@@ -522,10 +522,6 @@ def test_a_resume_that_cuts_the_clips_again_says_so(vod, tmp_path, capsys, monke
 
 
 def test_help_describes_every_command(capsys):
-    import argparse
-
-    from highlightsense.engine.cli import parser
-
     commands = _commands()
     for name, command in commands.items():
         command.format_help()  # bench declares its flags and text only when asked

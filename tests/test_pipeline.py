@@ -1,10 +1,12 @@
 """The runtime on its own: order, tail flush, backpressure, errors, cancellation, metrics."""
 import asyncio
+import logging
 import threading
 import time
 
 import pytest
 
+from highlightsense.engine import threads
 from highlightsense.engine.chunks import Tick
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import Operator, Source
@@ -111,7 +113,7 @@ async def test_failing_source_reports_its_message():
     assert str(err.value) == "numbers: broken input at item 4"
 
 
-async def test_cancellation_is_prompt_even_with_a_stuck_source():
+async def test_cancellation_is_prompt_even_with_a_stuck_source(caplog):
     release = threading.Event()
 
     class Stuck(Source):
@@ -127,9 +129,13 @@ async def test_cancellation_is_prompt_even_with_a_stuck_source():
     await asyncio.sleep(0.3)
     began = time.monotonic()
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    with caplog.at_level(logging.WARNING, logger="highlightsense"):
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert time.monotonic() - began < 2
+    # A read that does not return is not waited for: its worker is named, and given up.
+    assert "did not stop (blocked reading the input)" in caplog.text
+    assert any(t.name.startswith("hs-stage-") for t in threads._abandoned)
     assert sink.items == [1]
     release.set()
 

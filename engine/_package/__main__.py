@@ -1,3 +1,3 @@
-from highlightsense.engine.cli import main
+from highlightsense.engine.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.files import create_new, temp_name
 from highlightsense.engine.timecode import in_name
 from highlightsense.operators.sources.decode import audio_stream, is_cover_art, open_media
 
@@ -327,8 +328,11 @@ def _write_exact(inp, out, video, audio, t0, t1, audio_codec):
     return t0, min(max(ends), t1)
 
 
-def _write(tmp, ext, inp, video, audio, t0, t1, how, audio_codec):
-    with av.open(str(tmp), "w", format=MUXERS[ext]) as out:
+def _write(file, ext, inp, video, audio, t0, t1, how, audio_codec):
+    """Into the open `file`, from its start (a second try overwrites the first)."""
+    file.seek(0)
+    file.truncate()
+    with av.open(file, "w", format=MUXERS[ext]) as out:
         write = _write_exact if how == "exact" else _write_copy
         return write(inp, out, video, audio, t0, t1, audio_codec)
 
@@ -345,7 +349,7 @@ def cut_clip(source, out_stem, start_sec: float, end_sec: float, origin_sec: flo
     origin = _fraction(origin_sec)
     t0, t1 = origin + _fraction(start_sec), origin + _fraction(end_sec)
     inp = open_media(source)
-    tmp = None
+    tmp, written = None, None
     try:
         video = _video_stream(inp)
         audio = audio_stream(inp, source, stream_index) if inp.streams.audio else None
@@ -354,20 +358,23 @@ def cut_clip(source, out_stem, start_sec: float, end_sec: float, origin_sec: flo
         ext, how, audio_codec, note = _plan(video, audio, exact)
         path = out_stem.with_name(out_stem.name + ext)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
+        # Our own new file, never a link planted at its name (files.create_new).
+        tmp = temp_name(path)
+        written = create_new(tmp)
         try:
-            start, end = _write(tmp, ext, inp, video, audio, t0, t1, how, audio_codec)
+            start, end = _write(written, ext, inp, video, audio, t0, t1, how, audio_codec)
         except (av.FFmpegError, ValueError) as e:
             if how != "copy" or audio_codec != "copy" or video is None:
                 raise
             # The muxer refused the copied audio after all: re-encode it to AAC.
             audio_codec = "aac"
             note = f"mp4 refused {_codec_name(audio)} audio ({e}), so it was re-encoded to AAC"
-            start, end = _write(tmp, ext, inp, video, audio, t0, t1, how, audio_codec)
+            start, end = _write(written, ext, inp, video, audio, t0, t1, how, audio_codec)
         if start is None:
             raise HighlightSenseError(
                 f"nothing to cut between {start_sec:.2f} s and {end_sec:.2f} s of {source}; "
                 "the window lies outside the file")
+        written.close()
         os.replace(tmp, path)
         tmp = None
     except HighlightSenseError:
@@ -377,8 +384,10 @@ def cut_clip(source, out_stem, start_sec: float, end_sec: float, origin_sec: flo
         raise HighlightSenseError(f"could not cut {out_stem.name} from {source}: {reason}") from e
     finally:
         inp.close()
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+        if written is not None:
+            written.close()
+        if tmp is not None and written is not None:
+            tmp.unlink(missing_ok=True)
     if how == "exact":
         mode = "exact"
     else:

@@ -20,6 +20,7 @@ Event types:
              the earlier ones keep their places.
   clip       id (the highlight's), path, start_sec, end_sec (as written), mode, note
 """
+import base64
 import json
 import logging
 import queue
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -125,10 +127,45 @@ class ClipEvent:
 Event = Union[HighlightEvent, ClipEvent]
 
 
+def redacted(url: str) -> str:
+    """A URL as the log may show it: a webhook's query (?token=...) and user:password are its
+    secrets, so they are left out."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address, bracketed again
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    userinfo = "***@" if "@" in parts.netloc else ""
+    query = "?***" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, userinfo + host + port, parts.path, "", "")
+                                   ) + query
+
+
+def _with_credentials(url: str) -> Tuple[str, dict]:
+    """The URL to POST to and its headers: a user:password in it goes as Basic authorization
+    (urllib would take it for part of the host name)."""
+    parts = urllib.parse.urlsplit(url)
+    headers = {"Content-Type": "application/json"}
+    if "@" not in parts.netloc:
+        return url, headers
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), headers
+
+
 class EventSink:
+    """Writes each event as a JSON line; with a webhook, POSTs it too, from a thread of its own.
+    A receiver slower than the events leaves at most `queue_max` waiting: past that the oldest
+    waiting is dropped, and the count said in the log."""
+
     def __init__(self, path: Optional[str] = None, webhook: Optional[str] = None,
                  tries: int = 4, backoff_sec: float = 0.5, timeout_sec: float = 10.0,
-                 stream: Optional[TextIO] = None):
+                 stream: Optional[TextIO] = None, queue_max: int = 1000):
         self.path = path
         self._out = open(path, "a", encoding="utf-8") if path else (stream or sys.stdout)
         self._own = bool(path)
@@ -137,8 +174,9 @@ class EventSink:
         self.count = 0
         self.delivered = 0
         self.failed = 0
+        self.dropped = 0  # events the webhook queue let go, the oldest first
         self._lock = threading.Lock()
-        self._posts: "queue.Queue" = queue.Queue()
+        self._posts: "queue.Queue" = queue.Queue(queue_max)
         self._poster = None
         if webhook:
             self._poster = threading.Thread(target=self._post_all, daemon=True, name="hs-webhook")
@@ -151,16 +189,41 @@ class EventSink:
             self._out.flush()
             self.count += 1
         if self._poster is not None:
-            self._posts.put(line.encode())
+            self._queue(line.encode())
+
+    def _queue(self, body: Optional[bytes]) -> None:
+        """Hands `body` (None: the end) to the poster; a full queue lets its oldest go."""
+        with self._lock:
+            while True:
+                try:
+                    self._posts.put_nowait(body)
+                    return
+                except queue.Full:
+                    try:
+                        self._posts.get_nowait()
+                    except queue.Empty:
+                        continue
+                    self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 100 == 0:
+                        log.warning("webhook %s: the receiver is slower than the events; "
+                                    "%d dropped so far (the oldest first, %d wait at most)",
+                                    redacted(self.webhook), self.dropped, self._posts.maxsize)
 
     def close(self, wait_sec: float = 30.0) -> None:
         """Waits (up to wait_sec) for the webhook to take what is queued, then closes the file."""
         if self._poster is not None:
-            self._posts.put(None)
-            self._poster.join(wait_sec)
+            began = time.monotonic()
+            try:  # room for the end, as the poster takes what waits
+                self._posts.put(None, timeout=wait_sec)
+            except queue.Full:
+                self._queue(None)
+            self._poster.join(max(0.0, wait_sec - (time.monotonic() - began)))
             if self._poster.is_alive():
-                log.warning("webhook: gave up waiting; %d events not delivered",
-                            self._posts.qsize())
+                log.warning("webhook %s: gave up waiting; %d events not delivered",
+                            redacted(self.webhook), self._posts.qsize())
+            if self.dropped:
+                log.warning("webhook %s: %d events dropped in all, the receiver being too slow",
+                            redacted(self.webhook), self.dropped)
         if self._own:
             self._out.close()
 
@@ -170,9 +233,9 @@ class EventSink:
 
     def _post(self, body: bytes) -> None:
         reason = ""
+        url, headers = _with_credentials(self.webhook)
         for attempt in range(1, self.tries + 1):
-            request = urllib.request.Request(self.webhook, data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_sec) as response:
                     response.read()
@@ -187,5 +250,5 @@ class EventSink:
             if attempt < self.tries:
                 time.sleep(self.backoff_sec * 2 ** (attempt - 1))
         self.failed += 1
-        log.warning("webhook %s: could not deliver an event after %d tries: %s", self.webhook,
-                    attempt, reason)
+        log.warning("webhook %s: could not deliver an event after %d tries: %s",
+                    redacted(self.webhook), attempt, reason)

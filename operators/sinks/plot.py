@@ -4,7 +4,7 @@ window), the legend beside the plot, off the data."""
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-from highlightsense.engine.files import atomic_path
+from highlightsense.engine.files import atomic_file
 from highlightsense.operators.select import Selection, WindowScore
 
 PLOT_PNG = "scores.png"
@@ -16,8 +16,8 @@ def plot_scores(out_dir: Path, windows: Sequence[WindowScore], selection: Select
     """Writes scores_figure(...) as out_dir/scores.png, atomically."""
     fig = scores_figure(windows, selection, title, spans, threshold_label)
     path = Path(out_dir) / PLOT_PNG
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     return path
 
 

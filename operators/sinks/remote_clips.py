@@ -24,7 +24,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import av
 
+from highlightsense.engine import threads
 from highlightsense.engine.errors import HighlightSenseError
+from highlightsense.engine.files import create_new
 from highlightsense.operators.sinks.clips import ClipResult, clip_name, cut_clip
 from highlightsense.operators.sources.fetch import Download, FetchPolicy, HttpFile, fetch_bytes
 from highlightsense.operators.sources.hls_playlist import Segment, load_media_playlist
@@ -49,7 +51,7 @@ def cut_from_segments(data: Sequence[bytes], stem: Path, start_sec: float, end_s
     stem.parent.mkdir(parents=True, exist_ok=True)
     tmp = stem.with_name(f".{stem.name}.segments.ts")
     try:
-        with open(tmp, "wb") as f:
+        with create_new(tmp) as f:  # never through a link planted at that name
             for piece in data:
                 f.write(piece)
         return cut_clip(tmp, stem, start_sec, end_sec,
@@ -157,7 +159,10 @@ class SegmentBuffer:
         return self
 
     def close(self) -> None:
+        """Stops the downloads, which ends the buffer's thread (joined, engine.threads)."""
         self.reader.close()
+        if self._thread.is_alive():
+            threads.join([self._thread])
 
     @property
     def held_sec(self) -> float:

@@ -275,6 +275,9 @@ class _Watchdog:
             time.sleep(0.1)
             now = time.monotonic()
             with self._lock:
+                if not self._attempts:  # nothing to watch: end (watch() starts another)
+                    self._thread = None
+                    return
                 late = [(a, why) for a in self._attempts if (why := a.late(now))]
                 for a, _ in late:
                     self._attempts.discard(a)
