@@ -34,6 +34,22 @@ def scores(out_dir):
             [(float(r["start_sec"]), float(r["end_sec"])) for r in rows])
 
 
+@pytest.fixture(scope="module")
+def reference(files):
+    """A single pass (what --single-pass gives), then the reference: a pass whose features know
+    the VOD's final maximum from the start. The same for every case below: computed once."""
+    media, separator, checkpoint = files
+    cfg = load_config(overrides={"model": str(checkpoint), "separator": str(separator),
+                                 "device": "cpu"})
+    scorer = build_scorer(cfg)
+    first = scorer.feature_stages(cfg)
+    one, _ = run_pipeline(AudioDecoder(str(media)), first, scorer, cfg)
+    assert exact_from(first[1].state()) > 0  # the loudest frame came after the first window
+    known = scorer.feature_stages(cfg, FeatureRun(reference_db=first[1].reference_db))
+    expected, _ = run_pipeline(AudioDecoder(str(media)), known, scorer, cfg)
+    return (np.array([w.confidence for w in one]), np.array([w.confidence for w in expected]))
+
+
 # The second pass from the levels the first held (all of them), by separating again (none
 # held), and from both (1 MB holds 38 s: two windows, the rest separated again).
 @pytest.mark.parametrize("cache_mb, batch, says", [
@@ -41,8 +57,8 @@ def scores(out_dir):
     (0, 4, ["second pass over 0:00 to"]),
     (1, 1, ["2 windows scored again from the levels kept", "second pass over 0:0"]),
 ])
-def test_detect_with_model_scores_with_the_whole_vods_reference(files, tmp_path, capsys,
-                                                                cache_mb, batch, says):
+def test_detect_with_model_scores_with_the_whole_vods_reference(files, reference, tmp_path,
+                                                                capsys, cache_mb, batch, says):
     media, separator, checkpoint = files
     config = tmp_path / "cache.yaml"
     config.write_text(f"rescore_cache_mb: {cache_mb}\n")
@@ -54,19 +70,7 @@ def test_detect_with_model_scores_with_the_whole_vods_reference(files, tmp_path,
     assert all(text in err for text in says), err
     two, peaks, spans = scores(tmp_path / "out")
 
-    # A single pass (what --single-pass gives), then the reference: a pass whose features know
-    # the VOD's final maximum from the start.
-    cfg = load_config(overrides={"model": str(checkpoint), "separator": str(separator),
-                                 "device": "cpu"})
-    scorer = build_scorer(cfg)
-    first = scorer.feature_stages(cfg)
-    one, _ = run_pipeline(AudioDecoder(str(media)), first, scorer, cfg)
-    one = np.array([w.confidence for w in one])
-    assert exact_from(first[1].state()) > 0  # the loudest frame came after the first window
-    known = scorer.feature_stages(cfg, FeatureRun(reference_db=first[1].reference_db))
-    expected, _ = run_pipeline(AudioDecoder(str(media)), known, scorer, cfg)
-    expected = np.array([w.confidence for w in expected])
-
+    one, expected = reference
     assert len(two) == len(expected) == len(one)
     np.testing.assert_allclose(two, expected, rtol=0, atol=1e-6)
     assert np.abs(one - expected).max() > 1e-6  # the second pass changed something
