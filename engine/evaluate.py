@@ -188,7 +188,7 @@ def plot_pr(results: Sequence[RunResult], path: Path) -> Optional[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from highlightsense.engine.files import atomic_path
+    from highlightsense.engine.files import atomic_file
 
     fig = Figure(figsize=(6, 5))
     FigureCanvasAgg(fig)
@@ -212,8 +212,8 @@ def plot_pr(results: Sequence[RunResult], path: Path) -> Optional[Path]:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize="small")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     return path
 
 

@@ -30,7 +30,7 @@ from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.evaluate import average_precision, match_hits, precision_at
-from highlightsense.engine.files import atomic_path, content_identity
+from highlightsense.engine.files import atomic_file, content_identity
 from highlightsense.engine.labels import Label, check_within, window_label
 
 log = logging.getLogger("highlightsense")
@@ -104,9 +104,8 @@ class LevelCache:
             return
         self._evict(self.max_bytes - levels.nbytes)
         try:
-            with atomic_path(self.folder / f"{key}.npy") as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, np.ascontiguousarray(levels))
+            with atomic_file(self.folder / f"{key}.npy") as f:
+                np.save(f, np.ascontiguousarray(levels))
         except HighlightSenseError as e:
             log.warning("%s (training goes on without caching it)", e)
 
@@ -388,8 +387,8 @@ def say_epoch(f: Dict, epochs: int, best: bool) -> None:
 
 def save_checkpoint(path, model, epochs: int) -> None:
     """The notebook's checkpoint format, {'model': state_dict, 'epochs': n}, atomically."""
-    with atomic_path(Path(path)) as tmp:
-        torch.save({"model": model.state_dict(), "epochs": epochs}, tmp)
+    with atomic_file(Path(path)) as f:
+        torch.save({"model": model.state_dict(), "epochs": epochs}, f)
 
 
 LAST = "last.pt"
@@ -403,10 +402,10 @@ def save_state(work: Path, model, optimizer, history, best_ap, best_epoch, fp: s
     except OSError as e:
         raise HighlightSenseError(f"cannot make work folder {work}: {e.strerror}; choose "
                                   f"another --work") from None
-    with atomic_path(work / LAST) as tmp:
+    with atomic_file(work / LAST) as f:
         torch.save({"model": model.state_dict(), "epochs": len(history),
                     "optimizer": optimizer.state_dict(), "history": history,
-                    "best_ap": best_ap, "best_epoch": best_epoch, "fingerprint": fp}, tmp)
+                    "best_ap": best_ap, "best_epoch": best_epoch, "fingerprint": fp}, f)
 
 
 def resume_state(work: Path, fp: str, restart: bool) -> Optional[Dict]:

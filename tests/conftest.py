@@ -1,6 +1,16 @@
 """Fixtures shared by test modules."""
-import pytest
-import torch
+import os
+
+# Under pytest-xdist (the README's `-n 2`) the workers share the cores: one torch thread each,
+# and for the processes they start, rather than two threads each contending for them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def bench_error(capsys, argv) -> str:
     (["--json-out", "{tmp}/absent/r.json"], "cannot write --json-out {tmp}/absent/r.json"),
     (["--json-out", "{tmp}"], "--json-out {tmp} is a folder"),
     (["--minutes", "0"], "--minutes takes a positive number, not 0"),
-    (["--minutes", "nan"], "--minutes takes a positive number, not nan"),
+    (["--minutes", "nan"], "--minutes must be a finite number, not nan"),
     (["--rss-minutes", "10", "-1"], "--rss-minutes takes a positive number, not -1"),
     (["--input-seed", "-1"], "--input-seed takes a whole number of at least 0"),
     (["--notebook-shifts", "-2"], "--notebook-shifts takes a whole number of at least 0"),

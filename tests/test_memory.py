@@ -40,9 +40,11 @@ def faults_per_segment(mode: str) -> dict:
 def test_separation_reuses_pages_instead_of_faulting_fresh_ones():
     default, tuned = faults_per_segment("default"), faults_per_segment("tuned")
     assert tuned["tuned"] and not default["tuned"]
-    # Measured here: 145,815 faults a segment with glibc's defaults, 0 tuned.
+    # Measured here: 124,331 faults a segment with glibc's defaults, 2,000-2,700 tuned on an
+    # idle machine, 18,173 while another test process ran beside it (the kernel reclaims some
+    # of the kept pages under memory pressure): a fifth of the default is the bound.
     assert default["faults"] > 10_000
-    assert tuned["faults"] < default["faults"] / 10
+    assert tuned["faults"] < default["faults"] / 5
 
 
 

@@ -207,9 +207,11 @@ def _joiner(url: str):
     directory = head[:slash + 1] if "://" in head and slash > head.find("://") + 2 else None
 
     def join(uri: str) -> str:
+        # Anything urljoin would change takes the slow way: dot segments, schemes, an empty
+        # fragment or query ("0#", "0?": urljoin drops them), ...
         if directory is not None and uri[:1] not in ("/", ".", "?", "#", "", " ") and \
                 ":" not in uri and ";" not in uri and "/." not in uri and "\\" not in uri \
-                and uri.isprintable():
+                and "#" not in uri and uri[-1] != "?" and uri.isprintable():
             return directory + uri
         return _join(url, uri)
     return join
