@@ -130,6 +130,25 @@ def test_finding2_endless_segment_stops_at_its_bound_in_bounded_memory(server):
     assert peak < 80 * 2**20  # the 16 MiB kept, and a copy at most (before: 2.1 GB in 15 s)
 
 
+def test_finding2_cutting_a_clip_from_an_endless_segment_stops_at_its_bound(server, tmp_path):
+    """The clips of a URL run download their segments with the reader's bounds too."""
+    from highlightsense.operators.sinks.remote_clips import cut_url_clips
+    from highlightsense.operators.sources.hls_source import TimelineEntry
+    from highlightsense.operators.sources.resolve import Resolution, Stream
+
+    server.handlers["/x/0.ts"] = endless
+    url = playlist(server, "/x/a.m3u8", ["0.ts"], [1.0], ended=True)
+    stream = Stream(url, "hls", "0", ())
+    began = time.monotonic()
+    with pytest.raises(HighlightSenseError) as e:
+        cut_url_clips(url, tmp_path, [(0.0, 1.0)], 0.0, [TimelineEntry(0.0, 0.0, 0, 0)],
+                      policy=FAST, resolution=Resolution(url, "t", False, 1.0, stream, stream))
+    message = one_line(e)
+    assert "/x/0.ts" in message and "over 16 MiB" in message
+    assert time.monotonic() - began < 15
+    assert not list(tmp_path.iterdir())  # no clip, no temporary left
+
+
 def test_finding2_segment_declaring_a_huge_length_is_refused_at_once(server):
     server.handlers["/x/0.ts"] = answer(200, [("Content-Length", str(10**12))])
     url = playlist(server, "/x/a.m3u8", ["0.ts"], [2.0])

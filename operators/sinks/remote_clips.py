@@ -28,9 +28,9 @@ from highlightsense.engine import threads
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import create_new
 from highlightsense.operators.sinks.clips import ClipResult, clip_name, cut_clip
-from highlightsense.operators.sources.fetch import Download, FetchPolicy, HttpFile, fetch_bytes
+from highlightsense.operators.sources.fetch import FetchPolicy, HttpFile, fetch_bytes
 from highlightsense.operators.sources.hls_playlist import Segment, load_media_playlist
-from highlightsense.operators.sources.hls_reader import HlsReader
+from highlightsense.operators.sources.hls_reader import HlsReader, segment_download
 from highlightsense.operators.sources.hls_source import TimelineEntry, stream_to_container
 
 log = logging.getLogger("highlightsense")
@@ -100,8 +100,10 @@ def cut_url_clips(url: str, clips_dir, windows: Sequence[Tuple[float, float]], o
         downloads = []
         data = []
         for i, seg in enumerate(segments):  # `parallel` at a time, kept in order
-            downloads.append(Download(seg.uri, policy, seg.byterange,
-                                      f"HLS segment {seg.sequence} ({seg.uri})").start())
+            # The reader's bounds: at most max(16 MiB, EXTINF x 100 Mbit/s) kept, and a deadline
+            # of 30 s + 3 x EXTINF for each attempt (a trickling server is retried, not waited on).
+            downloads.append(segment_download(seg, policy,
+                                              f"HLS segment {seg.sequence} ({seg.uri})").start())
             if len(downloads) >= parallel or i == len(segments) - 1:
                 data += [d.result() for d in downloads]
                 downloads = []
