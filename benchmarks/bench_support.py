@@ -51,6 +51,22 @@ def generate_input(path, minutes: float, seed: int = 0, video: bool = False) -> 
     return write_media(Path(path), SyntheticVod(minutes * 60, seed=seed).blocks(), video=video)
 
 
+def write_finished_run(out_dir, windows, cfg, **info) -> Path:
+    """A run folder as detect finishes one (engine.selection.finish), without clips, from window
+    scores a benchmark computed itself; `info` as highlights.json records it (source, ...)."""
+    from dataclasses import replace
+
+    from highlightsense.engine.selection import finish
+    from highlightsense.operators.sinks import tables
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {"origin_sec": 0.0, "duration_sec": windows[-1].end_sec, **info}
+    tables.write_scores(out_dir, windows)
+    finish(out_dir, windows, replace(cfg, clips=False), info)
+    return out_dir
+
+
 CRNN_SIZES = ("full", "small")
 SEPARATOR_SIZES = ("full", "small", "tiny")
 

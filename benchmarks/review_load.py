@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from highlightsense.benchmarks.bench_support import write_finished_run
 from highlightsense.engine.config import Config
-from highlightsense.engine.selection import finish
 from highlightsense.operators.select import WindowScore
-from highlightsense.operators.sinks import tables
 
 
 def make_run(folder: Path, hours: float, stride: float = 5.0, window: float = 30.0) -> int:
@@ -32,11 +31,8 @@ def make_run(folder: Path, hours: float, stride: float = 5.0, window: float = 30
     scores = 1 / (1 + np.exp(-(walk - walk.mean())))
     windows = [WindowScore(i, i * stride, i * stride + window, float(s), i * stride + window / 2)
                for i, s in enumerate(scores)]
-    folder.mkdir(parents=True, exist_ok=True)
-    tables.write_scores(folder, windows)
-    info = {"source": str(folder / "absent-vod.mp4"), "origin_sec": 0.0,
-            "duration_sec": hours * 3600, "has_video": True}
-    finish(folder, windows, Config(clips=False), info)
+    write_finished_run(folder, windows, Config(), source=str(folder / "absent-vod.mp4"),
+                       duration_sec=hours * 3600, has_video=True)
     return len(windows)
 
 

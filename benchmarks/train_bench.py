@@ -36,19 +36,6 @@ def make_vods(folder: Path, count: int, minutes: float, first_seed: int):
     return grouped
 
 
-def write_run(out_dir: Path, media: str, windows, cfg, scorer_name: str, model: str = None):
-    """A run folder as detect finishes one (engine.selection.finish), without clips."""
-    from highlightsense.engine.selection import finish
-    from highlightsense.operators.sinks import tables
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = {"source": media, "origin_sec": 0.0, "duration_sec": windows[-1].end_sec,
-            "scorer": scorer_name, "model": model}
-    tables.write_scores(out_dir, windows)
-    finish(out_dir, windows, replace(cfg, clips=False), info)
-    return out_dir
-
-
 def crnn_windows(model, vod, cfg):
     from highlightsense.engine.train import window_batch
     from highlightsense.model.crnn_scorer import CrnnScorer
@@ -66,6 +53,7 @@ def crnn_windows(model, vod, cfg):
 def held_out_runs(folder: Path, held, cfg, models):
     """Each held-out VOD scored by each of `models` ({name: CRNN}) on train's windows of it
     (detect's features: the cache holds detect's own levels), written as run folders."""
+    from highlightsense.benchmarks.bench_support import write_finished_run
     from highlightsense.engine.train import LevelCache, prepare
     from highlightsense.model.crnn_scorer import CrnnScorer
 
@@ -75,8 +63,9 @@ def held_out_runs(folder: Path, held, cfg, models):
     for media, labels in held.items():
         vod = prepare(media, labels, cfg, scorer, cache, "all")
         for name, model in models.items():
-            runs.append(write_run(folder / "runs" / f"{Path(media).stem}_{name}", media,
-                                  crnn_windows(model, vod, cfg), cfg, "crnn", name))
+            runs.append(write_finished_run(folder / "runs" / f"{Path(media).stem}_{name}",
+                                           crnn_windows(model, vod, cfg), cfg, source=media,
+                                           scorer="crnn", model=name))
     return runs
 
 

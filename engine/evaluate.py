@@ -141,7 +141,7 @@ def evaluate_run(run_dir: Path, summary: Dict, labels: Sequence[Label], windows,
 
 def evaluate(run_dirs: Sequence[str], labels: Sequence[Label], negatives: str = "all"
              ) -> List[RunResult]:
-    from highlightsense.engine.selection import _finished_summary as finished_summary
+    from highlightsense.engine.selection import finished_summary
     from highlightsense.operators.sinks import tables
 
     runs = [(Path(d), finished_summary(d)) for d in run_dirs]

@@ -163,11 +163,10 @@ class Review:
         rows = tables.highlight_rows(chosen, None)
         if cfg.order == "time":
             rows.sort(key=lambda r: r["start_sec"])
-        saved = {(r["start_sec"], r["end_sec"]): r["rank"]
-                 for r in self.summary().get("highlights", [])}
+        highlights = self.summary().get("highlights", [])
+        saved = {(r["start_sec"], r["end_sec"]): r["rank"] for r in highlights}
         rows = [dict(r, saved_rank=saved.get((r["start_sec"], r["end_sec"]))) for r in rows]
-        same = [r["saved_rank"] for r in rows] == [
-            r["rank"] for r in self.summary().get("highlights", [])]
+        same = [r["saved_rank"] for r in rows] == [r["rank"] for r in highlights]
         return {"threshold": chosen.threshold, "settings": cfg.selection_settings(),
                 "highlights": rows, "summary": sel.summary(self.windows, chosen, cfg),
                 "same_as_saved": same}
@@ -304,7 +303,8 @@ class Review:
         src = self.source_file()
         if src is None:
             raise HighlightSenseError("the source is not a local file")
-        duration = float(self.summary().get("duration_sec") or end)
+        info = self.summary()
+        duration = float(info.get("duration_sec") or end)
         start, end = max(0.0, float(start)), min(float(end), duration)
         if not end > start:
             raise ValueError("the window is empty")
@@ -314,8 +314,8 @@ class Review:
                 if c["start"] == start and c["end"] == end:
                     return {"id": k, **c["public"]}
             clip = cut_clip(str(src), self.cache / key, start, end,
-                            origin_sec=self.summary().get("origin_sec", 0.0),
-                            stream_index=self.summary().get("audio_stream"))
+                            origin_sec=info.get("origin_sec", 0.0),
+                            stream_index=info.get("audio_stream"))
             public = {"url": f"/media/window/{key}", "clip_start_sec": clip.start_sec,
                       "clip_end_sec": clip.end_sec}
             self.cached[key] = {"path": clip.path, "start": start, "end": end, "public": public}

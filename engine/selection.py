@@ -225,7 +225,7 @@ def remove_stale_clips(clips_dir: Path, keep: set) -> None:
         clips_dir.rmdir()
 
 
-def _finished_summary(out_dir: Path) -> Dict:
+def finished_summary(out_dir: Path) -> Dict:
     """The folder's highlights.json; refuses a folder that holds no finished run."""
     out_dir = Path(out_dir)
     if not out_dir.exists():
@@ -266,7 +266,7 @@ def _saved_scores(out_dir: Path) -> List[WindowScore]:
 def last_settings(out_dir: Path) -> Dict:
     """The selection settings the folder's last run chose with (its highlights.json), which
     `select` starts from; refuses a folder that holds no finished run."""
-    saved = _finished_summary(out_dir).get("settings", {})
+    saved = finished_summary(out_dir).get("settings", {})
     return {k: saved[k] for k in SELECTION_KEYS if k in saved}
 
 
@@ -284,7 +284,7 @@ def select_config(out_dir: Path, config_path: Optional[str], overrides: Dict):
 def reselect(out_dir: Path, cfg: Config) -> Outcome:
     """`select`: selection and clips again from saved scores, without touching the audio."""
     out_dir = Path(out_dir)
-    saved = _finished_summary(out_dir)
+    saved = finished_summary(out_dir)
     windows = _saved_scores(out_dir)
     info = {k: v for k, v in saved.items() if k not in _RESULT_KEYS}
     # The scores fix the windows: keep the window settings they were computed with.
