@@ -78,6 +78,51 @@ def _shared(p: argparse.ArgumentParser, *flags: str) -> None:
     p.add_argument(*flags, **_SHARED[flags[-1]])
 
 
+def _scoring_flags(p: argparse.ArgumentParser) -> None:
+    """What detect and batch score with: windows, streams, models, devices, limits."""
+    p.add_argument("--fragments", dest="hls_fragments", type=int, metavar="N",
+                   help="for URLs: HLS segments fetched at once "
+                        f"(default {default_of('hls_fragments')})")
+    p.add_argument("--window-sec", type=float, metavar="S",
+                   help=f"window length (default {default_of('window_sec')})")
+    p.add_argument("--stride-sec", type=float, metavar="S",
+                   help=f"window step (default {default_of('stride_sec')})")
+    p.add_argument("--audio-stream", type=int, metavar="N",
+                   help="analyse the N-th audio stream (0 = first)")
+    p.add_argument("--voice-track", metavar="N[+M]",
+                   help="with --model: take the voice stem from this audio stream (counted as "
+                        "--audio-stream counts; 1+2 sums two) instead of separating with Demucs; "
+                        "give --game-track too")
+    p.add_argument("--game-track", metavar="N[+M]",
+                   help="with --voice-track: the game stem's audio stream(s), e.g. 2+3")
+    p.add_argument("--tracks", choices=("auto",),
+                   help="auto: pick the voice and game tracks by the streams' titles (mic, "
+                        "voice / game, desktop, system); separate with Demucs when none say")
+    p.add_argument("--batch-size", type=int, metavar="N", help="windows per scoring call")
+    p.add_argument("--model", metavar="PATH",
+                   help="HighlightSense CRNN checkpoint (best_model.pt); without it the "
+                        "weights-free loudness scorer runs")
+    p.add_argument("--separator", metavar="NAME_OR_PATH",
+                   help="demucs model for the voice/game split: a name (htdemucs, "
+                        "htdemucs_ft, ...) or a local .th, .safetensors or repo folder")
+    _shared(p, "--device")
+    _shared(p, "--allow-private-hosts")
+    p.add_argument("--separator-batch", type=int, metavar="N",
+                   help="Demucs segments per forward call "
+                        f"(default {default_of('separator_batch')})")
+    p.add_argument("--half", action="store_const", const=True,
+                   help="float16 separation (CUDA only)")
+    p.add_argument("--max-duration", dest="max_duration_sec", type=_duration, metavar="H:MM:SS",
+                   help="refuse inputs longer than this "
+                        f"(default {default_of('max_duration_sec', hms)})")
+    p.add_argument("--single-pass", dest="exact_reference", action="store_const", const=False,
+                   help="skip the second pass over the windows scored before the VOD's loudest "
+                        "frame (faster; their dB reference is then lower than the seed's)")
+    p.add_argument("--shard-minutes", type=float, metavar="M",
+                   help="score a long input in time shards of M minutes spread over the "
+                        "workers (local files; the scores equal one run's)")
+
+
 def _selection_flags(p: argparse.ArgumentParser) -> None:
     _shared(p, "--config")
     p.add_argument("--threshold-percentile", type=float, metavar="P",
@@ -164,49 +209,14 @@ def parser() -> argparse.ArgumentParser:
         "the same command is run again."))
     d.add_argument("input", help="media file (mp4, mkv, ts, m4a, wav, flac, mp3, webm, ...) or "
                                  "URL (a VOD page yt-dlp knows, an .m3u8 playlist, a media URL)")
-    d.add_argument("--fragments", dest="hls_fragments", type=int, metavar="N",
-                   help="for URLs: HLS segments fetched at once "
-                        f"(default {default_of('hls_fragments')})")
     d.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    d.add_argument("--window-sec", type=float, metavar="S",
-                   help=f"window length (default {default_of('window_sec')})")
-    d.add_argument("--stride-sec", type=float, metavar="S",
-                   help=f"window step (default {default_of('stride_sec')})")
-    d.add_argument("--audio-stream", type=int, metavar="N",
-                   help="analyse the N-th audio stream (0 = first)")
-    d.add_argument("--voice-track", metavar="N[+M]",
-                   help="with --model: take the voice stem from this audio stream (counted as "
-                        "--audio-stream counts; 1+2 sums two) instead of separating with Demucs; "
-                        "give --game-track too")
-    d.add_argument("--game-track", metavar="N[+M]",
-                   help="with --voice-track: the game stem's audio stream(s), e.g. 2+3")
-    d.add_argument("--tracks", choices=("auto",),
-                   help="auto: pick the voice and game tracks by the streams' titles (mic, "
-                        "voice / game, desktop, system); separate with Demucs when none say")
-    d.add_argument("--batch-size", type=int, metavar="N", help="windows per scoring call")
-    d.add_argument("--model", metavar="PATH",
-                   help="HighlightSense CRNN checkpoint (best_model.pt); without it the "
-                        "weights-free loudness scorer runs")
-    d.add_argument("--separator", metavar="NAME_OR_PATH",
-                   help="demucs model for the voice/game split: a name (htdemucs, "
-                        "htdemucs_ft, ...) or a local .th, .safetensors or repo folder")
-    _shared(d, "--device")
-    _shared(d, "--allow-private-hosts")
-    d.add_argument("--separator-batch", type=int, metavar="N",
-                   help="Demucs segments per forward call "
-                        f"(default {default_of('separator_batch')})")
-    d.add_argument("--half", action="store_const", const=True,
-                   help="float16 separation (CUDA only)")
-    d.add_argument("--max-duration", dest="max_duration_sec", type=_duration, metavar="H:MM:SS",
-                   help="refuse inputs longer than this "
-                        f"(default {default_of('max_duration_sec', hms)})")
     d.add_argument("--restart", action="store_true",
                    help="discard the progress an interrupted run saved in --out and start over "
                         "(by default the same command continues where it stopped)")
-    d.add_argument("--single-pass", dest="exact_reference", action="store_const", const=False,
-                   help="skip the second pass over the windows scored before the VOD's loudest "
-                        "frame (faster; their dB reference is then lower than the seed's)")
+    _scoring_flags(d)
     _selection_flags(d)
+
+    _batch_parser(sub)
 
     s = sub.add_parser("select", help="choose again from a finished run's saved scores",
                        description=(
@@ -246,6 +256,31 @@ def parser() -> argparse.ArgumentParser:
     _shared(m, "-q", "--quiet")
     _label_parsers(sub)
     return p
+
+
+def _batch_parser(sub) -> None:
+    b = sub.add_parser("batch", help="run detect over many inputs, each into a folder of its own",
+                       description=(
+        "Run detect over many inputs (files or URLs), on worker processes of this machine or on "
+        "a Ray cluster. Each input gets a folder of its own in --out (a readable name and a "
+        "short hash) holding what detect writes; --out/batch.csv and batch.json list every "
+        "input with its status. Run the same command again to skip the finished inputs, "
+        "resume the interrupted ones and retry the failed ones. The exit status is non-zero "
+        "when any input failed."))
+    b.add_argument("inputs", nargs="*", metavar="INPUT", help="media files or URLs")
+    b.add_argument("--list", metavar="FILE",
+                   help="a file of inputs, one a line (# comments and blank lines skipped)")
+    b.add_argument("--out", required=True, metavar="DIR", help="the batch's folder")
+    b.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes (each loads its models once); default one per GPU, "
+                        "else one per two cores, the cores split between them")
+    b.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on a Ray cluster at ADDRESS (host:port), or without ADDRESS on a "
+                        "local Ray started on 127.0.0.1 (needs highlightsense[ray])")
+    b.add_argument("--restart", action="store_true",
+                   help="score every input again, finished or interrupted")
+    _scoring_flags(b)
+    _selection_flags(b)
 
 
 def _label_flags(p: argparse.ArgumentParser, folders: bool) -> None:
@@ -469,6 +504,32 @@ def _detect(args) -> int:
     return 0
 
 
+def _batch(args) -> int:
+    from highlightsense.engine.batch import open_pool, read_list, run_batch
+
+    inputs = list(args.inputs) + (read_list(args.list) if args.list else [])
+    if not inputs:
+        raise HighlightSenseError("batch needs inputs: give files or URLs, or --list FILE")
+    if args.workers is not None and args.workers < 1:
+        raise HighlightSenseError(f"--workers must be at least 1, not {args.workers}")
+    cfg = _config(args)
+    with open_pool(args.ray, args.workers, cfg) as pool:
+        try:
+            entries = run_batch(inputs, Path(args.out), cfg, pool, restart=args.restart,
+                                show_progress=not args.quiet)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: run the same command again to continue (finished inputs "
+                  f"are skipped, interrupted ones resume)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    failed = [e for e in entries if e.status == "failed"]
+    counts = {s: sum(e.status == s for e in entries) for s in ("done", "skipped", "failed")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(entries)} inputs; "
+          f"see {Path(args.out) / 'batch.csv'}")
+    for e in failed:
+        print(f"failed: {e.input}: {e.error}", file=sys.stderr)
+    return EXIT_ERROR if failed else 0
+
+
 def _select(args) -> int:
     from highlightsense.engine.selection import reselect, select_config, settings_words
 
@@ -593,7 +654,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         _check_numbers(p, args)
         code = {"detect": _detect, "select": _select, "export": _export, "watch": _watch,
-                "review": _review, "demo": _demo, "bench": _bench, "evaluate": _evaluate,
+                "review": _review, "demo": _demo, "batch": _batch, "bench": _bench,
+                "evaluate": _evaluate,
                 "train": _train}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
         return code

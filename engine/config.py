@@ -61,6 +61,8 @@ class Config:
     # Reliability.
     max_duration_sec: Optional[float] = 86400.0  # longer inputs are refused (24 h; None: no limit)
     progress_every_sec: float = 5.0  # how often detect saves its progress record (for resuming)
+    shard_minutes: Optional[float] = None  # score a long input in time shards this long, spread
+    #                                        over the workers (engine.shards); None: one stream
     rescore_cache_mb: int = 64  # first-pass levels kept for the second pass (exact_reference), up
     #                             to this much (40 min at 64 MB); past it, it separates again
 
@@ -158,6 +160,8 @@ def _check(cfg: Config) -> Config:
             bad(key, "must be at least 1")
     if cfg.max_duration_sec is not None and cfg.max_duration_sec <= 0:
         bad("max_duration_sec", "must be positive (or null for no limit)")
+    if cfg.shard_minutes is not None and cfg.shard_minutes * 60 < cfg.window_sec:
+        bad("shard_minutes", "must be at least one window long")
     if cfg.rescore_cache_mb < 0:
         bad("rescore_cache_mb", "must be 0 or more")
     if cfg.progress_every_sec <= 0:

@@ -11,14 +11,14 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import OutputError
 from highlightsense.engine.observer import RunObserver
-from highlightsense.engine.operator import FeatureRun, restart_sample
+from highlightsense.engine.operator import FeatureRun, Scorer, restart_sample
 from highlightsense.engine.passes import build_scorer, open_source, run_pipeline
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.progress import Progress
@@ -40,6 +40,7 @@ class DetectResult:
     highlights: List[dict]  # the clips table's rows, in the order asked for
     metrics: Optional[PipelineMetrics]  # the first pass's (None when a resume skipped it)
     summary: List[str] = field(default_factory=list)  # the counts, for a person
+    info: dict = field(default_factory=dict)  # what highlights.json records of source and scorer
 
 
 def check_input(input_path: str, cfg: Config) -> None:
@@ -111,13 +112,15 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
 
 
 def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True,
-           restart: bool = False, observer: Optional[RunObserver] = None) -> DetectResult:
+           restart: bool = False, observer: Optional[RunObserver] = None,
+           scorer_for: Callable[[Config], Scorer] = build_scorer) -> DetectResult:
+    """`scorer_for`: where the scorer comes from (a batch worker keeps its models loaded)."""
     from highlightsense.operators.sources.tracks import resolve_tracks
 
     observer = observer or RunObserver()
     check_input(input_path, cfg)
     cfg = resolve_tracks(input_path, cfg)  # --tracks auto: the streams it picks, said once
-    scorer = build_scorer(cfg)
+    scorer = scorer_for(cfg)
     made = not Path(out_dir).exists()
     out_dir = prepare_out_dir(out_dir)
     try:
@@ -126,6 +129,23 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
         if made and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a run that failed before writing anything leaves no folder
         raise
+
+
+def write_outputs(out_dir: Path, windows: List[WindowScore], cfg: Config, info: dict,
+                  recut: bool = False, scores_kept: bool = False):
+    """The scores table, then the selection and what follows it (engine.selection.finish): the
+    end of every run, wherever its scores were made (a batch's driver writes those its Ray
+    workers made). `scores_kept`: a progress record holds the scores, so a rerun will not
+    score again (said in the error)."""
+    try:
+        tables.write_scores(out_dir, windows)
+        return finish(out_dir, windows, cfg, info, recut=recut)
+    except (OSError, OutputError) as e:
+        kept = " (the scores are saved: it will not score again)" if scores_kept else ""
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise HighlightSenseError(
+            f"cannot write the outputs in {out_dir}: {reason}; free space or fix the "
+            f"folder, then run the same command again{kept}") from None
 
 
 def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: bool,
@@ -185,16 +205,8 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
         record.windows, record.rescored, record.phase = windows, [], 3
         record.save()
     info = dict(record.info, resumes=record.resumes) if record.resumes else record.info
-    try:
-        tables.write_scores(out_dir, windows)
-        outcome = finish(out_dir, windows, cfg, info, recut=recut)
-    except (OSError, OutputError) as e:
-        kept = (" (the scores are saved: it will not score again)" if record.enabled
-                and record.path.exists() else "")
-        reason = getattr(e, "reason", None) or e.strerror or e
-        raise HighlightSenseError(
-            f"cannot write the outputs in {out_dir}: {reason}; free space or fix the "
-            f"folder, then run the same command again{kept}") from None
+    outcome = write_outputs(out_dir, windows, cfg, info, recut,
+                            scores_kept=record.enabled and record.path.exists())
     record.remove()  # the summary is written: the run is complete
     return DetectResult(out_dir, windows, outcome.selection, outcome.highlights, metrics,
-                        outcome.summary)
+                        outcome.summary, info)
