@@ -12,6 +12,7 @@ Without an address a local Ray is started on this machine, every address on 127.
 """
 import logging
 import os
+import sys
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Dict, Optional
@@ -77,6 +78,17 @@ def loopback_env(environ=None):
                 environ[k] = v
 
 
+def _clusters_off() -> None:
+    """Ray's switch that keeps 127.0.0.1 as it is, which Ray reads once, when first imported:
+    set before that, or refused (Ray would connect to another address than the one given)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and constants.ENABLE_RAY_CLUSTER:
+        raise HighlightSenseError(
+            "Ray was imported before --ray could keep it on 127.0.0.1; set "
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray")
+
+
 class WorkerActor:
     """A Worker in a Ray actor: tasks by name, each answered ("ok", value) or ("error", line),
     so a user's bad input arrives as its one line, not as Ray's wrapped traceback."""
@@ -133,6 +145,7 @@ class RayWorkers:
     def __init__(self, address: Optional[str], count: Optional[int], cfg: Config):
         self.started = address is None
         if self.started:
+            _clusters_off()
             with loopback_env():
                 ray = import_ray()
                 ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
@@ -140,7 +153,7 @@ class RayWorkers:
         else:
             loopback = address.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
             if loopback:  # a cluster on this machine's loopback: the driver joins it there
-                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+                _clusters_off()
             ray = import_ray()
             try:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
