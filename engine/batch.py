@@ -288,6 +288,30 @@ class ShardedInput:
                     None)
 
 
+def detect_sharded(input_path: str, out_dir: Path, cfg: Config, pool):
+    """`detect --shard-minutes`: one input's shards over `pool`'s workers, the folder written
+    here. Returns (the entry, the selection's Outcome)."""
+    from highlightsense.engine.detect import check_input, prepare_out_dir, write_outputs
+    from highlightsense.operators.sinks import tables
+
+    check_input(input_path, cfg)
+    out_dir = prepare_out_dir(Path(out_dir))
+    entry = Entry(input_path, str(out_dir), status="running")
+    dispatcher = Dispatcher(pool.handles)
+    got: dict = {}
+    ShardedInput(entry, out_dir, cfg, dispatcher,
+                 lambda e, result, error: got.update(result=result, error=error))
+    dispatcher.run()
+    if got.get("error"):
+        raise HighlightSenseError(got["error"])
+    result = got["result"]
+    (out_dir / tables.SUMMARY_JSON).unlink(missing_ok=True)
+    outcome = write_outputs(out_dir, result.windows, cfg, result.info)
+    entry.status, entry.windows, entry.highlights = "done", len(result.windows), len(
+        outcome.highlights)
+    return result, outcome
+
+
 def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: bool = False,
               show_progress: bool = True) -> List[Entry]:
     """Every input into its folder under out_dir, on `pool`'s workers. Returns the entries

@@ -213,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--restart", action="store_true",
                    help="discard the progress an interrupted run saved in --out and start over "
                         "(by default the same command continues where it stopped)")
+    d.add_argument("--workers", type=int, metavar="N",
+                   help="with --shard-minutes: worker processes the shards go to (default one "
+                        "per GPU, else one per two cores)")
     _scoring_flags(d)
     _selection_flags(d)
 
@@ -485,6 +488,12 @@ def _detect(args) -> int:
     from highlightsense.engine.detect import detect
 
     cfg = _config(args, tune=True)
+    _check_workers(args)
+    if cfg.shard_minutes:
+        return _detect_sharded(args, cfg)
+    if args.workers is not None:
+        raise HighlightSenseError("--workers goes with --shard-minutes (one stream runs in "
+                                  "one process)")
     try:
         result = detect(args.input, args.out, cfg, show_progress=not args.quiet,
                         restart=args.restart)
@@ -504,14 +513,31 @@ def _detect(args) -> int:
     return 0
 
 
+def _check_workers(args) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise HighlightSenseError(f"--workers must be at least 1, not {args.workers}")
+
+
+def _detect_sharded(args, cfg) -> int:
+    from highlightsense.engine.batch import detect_sharded, open_pool
+
+    with open_pool(None, args.workers, cfg) as pool:
+        _, outcome = detect_sharded(args.input, Path(args.out), cfg, pool)
+    print("\n".join(outcome.summary))
+    print_table(outcome.highlights)
+    print(f"outputs in {args.out}")
+    if args.export:
+        _export_to(Path(args.out), args.export)
+    return 0
+
+
 def _batch(args) -> int:
     from highlightsense.engine.batch import open_pool, read_list, run_batch
 
     inputs = list(args.inputs) + (read_list(args.list) if args.list else [])
     if not inputs:
         raise HighlightSenseError("batch needs inputs: give files or URLs, or --list FILE")
-    if args.workers is not None and args.workers < 1:
-        raise HighlightSenseError(f"--workers must be at least 1, not {args.workers}")
+    _check_workers(args)
     cfg = _config(args)
     with open_pool(args.ray, args.workers, cfg) as pool:
         try:
