@@ -157,6 +157,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                      default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.add_argument("--seed-shifts", dest="seed_shifts", type=int, default=argparse.SUPPRESS,
                      help=argparse.SUPPRESS)
+    run.add_argument("--batch", action="store_true",
+                     help="measure batch: 1 against 2 workers, local and on Ray, and one long "
+                          "VOD in shards (benchmarks/batch_bench.py; its flags below)")
     run.add_argument("--rss-minutes", type=float, nargs="+", metavar="M",
                      help="peak RSS of the engine on generated VODs of these lengths (minutes)")
     run.add_argument("--rss-separator", default="small", choices=support.SEPARATOR_SIZES,
@@ -169,6 +172,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                      help="existing folder for the generated inputs, models and outputs (default: "
                           "the system's temporary folder)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    from highlightsense.benchmarks import batch_bench
+
+    batch_bench.add_flags(p)
 
 
 def _describe(p: argparse.ArgumentParser) -> None:
@@ -664,6 +670,10 @@ def _work_folder(args) -> tempfile.TemporaryDirectory:
 
 def run(args) -> int:
     """`highlightsense bench`: see the module's docstring."""
+    if args.batch:
+        from highlightsense.benchmarks import batch_bench
+
+        return batch_bench.run(args)
     check_args(args)
     if args.compare_seed and not (args.model or args.random_model):
         args.random_model = "full"
