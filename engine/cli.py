@@ -203,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--restart", action="store_true",
                    help="discard the progress an interrupted run saved in --out and start over "
                         "(by default the same command continues where it stopped)")
+    d.add_argument("--shard-minutes", type=float, metavar="M",
+                   help="score a local file in time shards of about M minutes, each restarted "
+                        "as a resumed run restarts: the same scores as one run")
     d.add_argument("--single-pass", dest="exact_reference", action="store_const", const=False,
                    help="skip the second pass over the windows scored before the VOD's loudest "
                         "frame (faster; their dB reference is then lower than the seed's)")

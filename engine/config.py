@@ -63,6 +63,9 @@ class Config:
     progress_every_sec: float = 5.0  # how often detect saves its progress record (for resuming)
     rescore_cache_mb: int = 64  # first-pass levels kept for the second pass (exact_reference), up
     #                             to this much (40 min at 64 MB); past it, it separates again
+    # Time shards (engine.shards): score a local file in spans of this many minutes of stream,
+    # each restarted as a resumed run restarts, the same scores as one run; None: one run.
+    shard_minutes: Optional[float] = None
 
     @property
     def window_frames(self) -> int:
@@ -162,12 +165,21 @@ def _check(cfg: Config) -> Config:
         bad("rescore_cache_mb", "must be 0 or more")
     if cfg.progress_every_sec <= 0:
         bad("progress_every_sec", "must be positive")
+    check_shard_minutes(cfg)
     if not 0 < cfg.chunk_sec <= 600:
         bad("chunk_sec", "must be above 0 and at most 600")
     if cfg.audio_stream is not None and cfg.audio_stream < 0:
         bad("audio_stream", "must be 0 or more (0 is the first audio stream)")
     _check_tracks(cfg)
     return cfg
+
+
+def check_shard_minutes(cfg: Config) -> None:
+    """A time shard (engine.shards) is at least one window long."""
+    if cfg.shard_minutes is not None and not cfg.shard_minutes * 60 >= cfg.window_sec:
+        raise HighlightSenseError(
+            f"config: 'shard_minutes' = {cfg.shard_minutes!r} must be positive and at least one "
+            f"window long ({cfg.window_sec / 60:g} minutes)")
 
 
 def _check_tracks(cfg: Config) -> None:

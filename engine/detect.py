@@ -5,6 +5,10 @@
 2. Where the scorer's features take the whole stream's dB reference (the CRNN's), the windows
    made before it was known are scored again (engine.second_pass).
 3. The highlights are chosen and the outputs written (engine.selection).
+
+With cfg.shard_minutes, phases 1 and 2 are time shards of the file instead (engine.shards,
+through score_input): the same scores, then the same phase 3. A sharded run keeps no progress
+of its own within them: interrupted, it scores again; once scored, only phase 3 is redone.
 """
 import logging
 import os
@@ -18,7 +22,7 @@ from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import OutputError
 from highlightsense.engine.observer import RunObserver
-from highlightsense.engine.operator import FeatureRun, restart_sample
+from highlightsense.engine.operator import FeatureRun, SourceInfo, restart_sample
 from highlightsense.engine.passes import build_scorer, open_source, run_pipeline
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.progress import Progress
@@ -48,6 +52,10 @@ def check_input(input_path: str, cfg: Config) -> None:
     from highlightsense.operators.sources.decode import audio_stream, open_media
     from highlightsense.operators.sources.resolve import is_url
 
+    if cfg.shard_minutes is not None:
+        from highlightsense.engine.shards import check_local
+
+        check_local(input_path)
     if is_url(input_path):
         return
     if os.path.exists(input_path) and not os.path.isdir(input_path) \
@@ -110,6 +118,50 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
     return windows, source, stages, metrics, held
 
 
+def source_facts(info: SourceInfo, metrics: PipelineMetrics) -> dict:
+    """What one pass over the whole input learnt of it, as run_info takes it."""
+    return {"origin_sec": info.origin_sec, "duration_sec": metrics.position_sec,
+            "has_video": info.has_video, "corrupt_packets": info.corrupt_packets,
+            "gaps_filled_sec": info.gaps_filled_sec, "wall_sec": metrics.wall_sec,
+            "timeline": None if info.timeline is None else [vars(e) for e in info.timeline]}
+
+
+def run_info(input_path: str, cfg: Config, scorer, facts: dict) -> dict:
+    """What the record and the outputs keep of a run: the source's facts (source_facts, or a
+    sharded run's engine.shards.merge) with the input, its tracks and the scorer."""
+    info = {
+        "source": source_name(input_path),
+        "origin_sec": facts["origin_sec"],
+        "duration_sec": facts["duration_sec"],
+        "has_video": facts["has_video"],
+        "audio_stream": cfg.audio_stream,
+        "voice_track": cfg.voice_track,
+        "game_track": cfg.game_track,
+        "scorer": scorer.name,
+        **scorer.describe(cfg),
+        "corrupt_packets": facts["corrupt_packets"],
+        "gaps_filled_sec": facts["gaps_filled_sec"],
+        "wall_sec": facts["wall_sec"],
+    }
+    if "shards" in facts:
+        info["shards"] = facts["shards"]
+    if os.path.isfile(input_path):  # the video's frame rate and start, for export
+        from highlightsense.operators.sinks.timelines import media_record, probe
+
+        info["video"] = media_record(probe(input_path))
+    if facts.get("timeline") is not None:  # HLS: stream time to each run's timestamps, for clips
+        info["timeline"] = facts["timeline"]
+    return info
+
+
+def score_input(input_path: str, cfg: Config, scorer) -> tuple:
+    """Phases 1 and 2 of a sharded run (cfg.shard_minutes): (every window's score, the source's
+    facts for run_info). Here every shard runs in this process, one after another."""
+    from highlightsense.engine.shards import score_sharded
+
+    return score_sharded(input_path, cfg, scorer, cfg.shard_minutes)
+
+
 def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True,
            restart: bool = False, observer: Optional[RunObserver] = None) -> DetectResult:
     from highlightsense.operators.sources.tracks import resolve_tracks
@@ -143,33 +195,18 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
     # folder that looks complete but mixes two runs.
     (out_dir / tables.SUMMARY_JSON).unlink(missing_ok=True)
     metrics, held = None, None
+    if record.phase == 1 and cfg.shard_minutes is not None:
+        windows, facts = score_input(input_path, cfg, scorer)
+        record.windows, record.phase = windows, 3
+        record.info = run_info(input_path, cfg, scorer, facts)
+        record.save()
     if record.phase == 1:
         windows, source, stages, metrics, held = first_pass(input_path, cfg, scorer, record,
                                                             show_progress, observer)
         if not windows:
             raise HighlightSenseError(f"{input_path} contains no audio samples")
-        info = source.info
         record.windows, record.phase = windows, 2
-        record.info = {
-            "source": source_name(input_path),
-            "origin_sec": info.origin_sec,
-            "duration_sec": metrics.position_sec,
-            "has_video": info.has_video,
-            "audio_stream": cfg.audio_stream,
-            "voice_track": cfg.voice_track,
-            "game_track": cfg.game_track,
-            "scorer": scorer.name,
-            **scorer.describe(cfg),
-            "corrupt_packets": info.corrupt_packets,
-            "gaps_filled_sec": info.gaps_filled_sec,
-            "wall_sec": metrics.wall_sec,
-        }
-        if os.path.isfile(input_path):  # the video's frame rate and start, for export
-            from highlightsense.operators.sinks.timelines import media_record, probe
-
-            record.info["video"] = media_record(probe(input_path))
-        if info.timeline is not None:  # HLS: stream time to each run's timestamps, for clips
-            record.info["timeline"] = [vars(e) for e in info.timeline]
+        record.info = run_info(input_path, cfg, scorer, source_facts(source.info, metrics))
         if scorer.whole_stream_reference:
             features = stages[-1].state()
             record.reference_db = features["reference_db"]
