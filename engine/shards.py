@@ -291,7 +291,7 @@ class ShardRunner:
                 emit_from=again * cfg.stride_frames, reference_db=reference_db))
             source, _ = open_span(plan.input_path, cfg, stages, again * cfg.stride_frames,
                                   shard.needed_stop(cfg), plan.sync_points)
-            log.info("shard %d/%d: windows %d to %d separated again under the whole VOD's "
+            log.info("shard %d/%d: windows %d to %d decoded again under the whole VOD's "
                      "reference (%s)", index + 1, len(plan.shards), again, last,
                      "past the levels held" if from_held else "no levels held here")
             run_pipeline(source, stages, self.scorer, cfg, (), again, collect)
@@ -369,13 +369,16 @@ def score_sharded(input_path: str, cfg: Config, scorer, shard_minutes: float,
     runner = runner or ShardRunner(scorer)
     cfg = replace(cfg, batch_size=cfg.batch_size or scorer.batch_size)
     plan = plan_shards(input_path, cfg, shard_minutes)
-    results = [runner.map(plan, cfg, shard.index) for shard in plan.shards]
-    reference = whole_reference(results)
-    rescored = None
-    if reference is not None:
-        log.info("the whole VOD's dB reference (the shards' loudest frames): %s",
-                 ", ".join(f"{level:.2f}" for level in reference))
-        rescored = {r.index: runner.reduce(plan, cfg, r.index, reference) for r in results}
+    try:
+        results = [runner.map(plan, cfg, shard.index) for shard in plan.shards]
+        reference = whole_reference(results)
+        rescored = None
+        if reference is not None:
+            log.info("the whole VOD's dB reference (the shards' loudest frames): %s",
+                     ", ".join(f"{level:.2f}" for level in reference))
+            rescored = {r.index: runner.reduce(plan, cfg, r.index, reference) for r in results}
+    finally:
+        runner.release(plan)  # a run that failed leaves nothing held in a runner kept on
     windows, info = merge(plan, results, rescored)
     info["wall_sec"] = time.perf_counter() - began
     return windows, info

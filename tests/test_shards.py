@@ -141,9 +141,9 @@ def test_model_shards_reduced_by_the_runner_that_held_them_or_another_equal_a_si
     with caplog.at_level(logging.INFO, logger="highlightsense"):
         rescored = {0: mapper.reduce(pickle.loads(pickle.dumps(plan)), cfg, 0, reference),
                     1: other.reduce(plan, cfg, 1, reference)}
-    assert "windows 6 to 7 separated again under the whole VOD's reference (past the " \
+    assert "windows 6 to 7 decoded again under the whole VOD's reference (past the " \
            "levels held)" in caplog.text
-    assert "windows 8 to 9 separated again under the whole VOD's reference (no levels " \
+    assert "windows 8 to 9 decoded again under the whole VOD's reference (no levels " \
            "held here)" in caplog.text
     # Reduce frees what it used; what another runner reduced is dropped with release().
     assert mapper.held_bytes == HeldLevels(2, 80, plan.facts.frames - 8 * cfg.stride_frames).nbytes
