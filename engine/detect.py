@@ -126,19 +126,21 @@ def source_facts(info: SourceInfo, metrics: PipelineMetrics) -> dict:
             "timeline": None if info.timeline is None else [vars(e) for e in info.timeline]}
 
 
-def run_info(input_path: str, cfg: Config, scorer, facts: dict) -> dict:
-    """What the record and the outputs keep of a run: the source's facts (source_facts, or a
-    sharded run's engine.shards.merge) with the input, its tracks and the scorer."""
+def scorer_settings(cfg: Config, scorer) -> dict:
+    """What the outputs record of how a run scored: the audio it read and the scorer's models."""
+    return {"audio_stream": cfg.audio_stream, "voice_track": cfg.voice_track,
+            "game_track": cfg.game_track, "scorer": scorer.name, **scorer.describe(cfg)}
+
+
+def run_info(input_path: str, facts: dict, settings: dict) -> dict:
+    """What the record and the outputs keep of a run: the source's facts (source_facts, or the
+    shards' in engine.shards.merge) with the input and how it was scored (scorer_settings)."""
     info = {
         "source": source_name(input_path),
         "origin_sec": facts["origin_sec"],
         "duration_sec": facts["duration_sec"],
         "has_video": facts["has_video"],
-        "audio_stream": cfg.audio_stream,
-        "voice_track": cfg.voice_track,
-        "game_track": cfg.game_track,
-        "scorer": scorer.name,
-        **scorer.describe(cfg),
+        **settings,
         "corrupt_packets": facts["corrupt_packets"],
         "gaps_filled_sec": facts["gaps_filled_sec"],
         "wall_sec": facts["wall_sec"],
@@ -155,8 +157,9 @@ def run_info(input_path: str, cfg: Config, scorer, facts: dict) -> dict:
 
 
 def score_input(input_path: str, cfg: Config, scorer) -> tuple:
-    """Phases 1 and 2 of a sharded run (cfg.shard_minutes): (every window's score, the source's
-    facts for run_info). Here every shard runs in this process, one after another."""
+    """Phases 1 and 2 of a sharded run (cfg.shard_minutes): (every window's score, what the
+    record keeps of the run: run_info). Here every shard runs in this process, one after
+    another."""
     from highlightsense.engine.shards import score_sharded
 
     return score_sharded(input_path, cfg, scorer, cfg.shard_minutes)
@@ -196,9 +199,8 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
     (out_dir / tables.SUMMARY_JSON).unlink(missing_ok=True)
     metrics, held = None, None
     if record.phase == 1 and cfg.shard_minutes is not None:
-        windows, facts = score_input(input_path, cfg, scorer)
-        record.windows, record.phase = windows, 3
-        record.info = run_info(input_path, cfg, scorer, facts)
+        record.windows, record.info = score_input(input_path, cfg, scorer)
+        record.phase = 3
         record.save()
     if record.phase == 1:
         windows, source, stages, metrics, held = first_pass(input_path, cfg, scorer, record,
@@ -206,7 +208,8 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
         if not windows:
             raise HighlightSenseError(f"{input_path} contains no audio samples")
         record.windows, record.phase = windows, 2
-        record.info = run_info(input_path, cfg, scorer, source_facts(source.info, metrics))
+        record.info = run_info(input_path, source_facts(source.info, metrics),
+                               scorer_settings(cfg, scorer))
         if scorer.whole_stream_reference:
             features = stages[-1].state()
             record.reference_db = features["reference_db"]

@@ -102,7 +102,8 @@ class ShardResult:
     windows: List[WindowScore]  # the windows it owns, in order (model path: [], see reduce)
     level_max: Optional[List[float]]  # per-stem max level of the frames it owns; None: no reduce
     info: dict  # what its source said: origin_sec, has_video, corrupt_packets, gaps_filled_sec,
-    #             decode_from_sec (its warm-up's start), position_sec (where it ended), wall_sec
+    #             decode_from_sec (its warm-up's start), position_sec (where it ended), wall_sec;
+    #             and settings (engine.detect.scorer_settings: how it scored, for the outputs)
 
 
 # ---- the plan ---------------------------------------------------------------------------------
@@ -249,8 +250,11 @@ class ShardRunner:
                                             first_window=shard.first_window)
             windows = _owned(windows, shard, plan)
             level_max = None
+        from highlightsense.engine.detect import scorer_settings
+
         info = decoder.info
         result = ShardResult(index, windows, level_max, {
+            "settings": scorer_settings(cfg, self.scorer),
             "origin_sec": info.origin_sec, "has_video": info.has_video,
             "corrupt_packets": info.corrupt_packets, "gaps_filled_sec": info.gaps_filled_sec,
             "decode_from_sec": info.start_sample / grid.AUDIO_RATE,
@@ -323,11 +327,14 @@ def whole_reference(results: Sequence[ShardResult]) -> Optional[List[float]]:
 def merge(plan: ShardPlan, results: Sequence[ShardResult],
           rescored: Optional[Dict[int, List[WindowScore]]] = None
           ) -> Tuple[List[WindowScore], dict]:
-    """Every window in order, and what `detect` records of the source (engine.detect.run_info):
-    the origin where shard 0 began, the duration where the last ended, and the counts of the
-    plan's whole decode (the shards' decoders overlap at their warm-ups, so theirs would count
-    some packets twice). wall_sec: the plan's and the shards' maps' seconds, summed (an
-    executor running them at once records its own elapsed time instead)."""
+    """Every window in order, and what `detect` records of the run (engine.detect.run_info):
+    the input and how the shards scored, the origin where shard 0 began, the duration where the
+    last ended, and the counts of the plan's whole decode (the shards' decoders overlap at their
+    warm-ups, so theirs would count some packets twice); each shard's span under "shards".
+    wall_sec: the plan's and the shards' maps' seconds, summed (an executor running them at
+    once records its own elapsed time instead)."""
+    from highlightsense.engine.detect import run_info
+
     by_index = {r.index: r for r in results}
     missing = [s.index for s in plan.shards if s.index not in by_index]
     if missing or len(by_index) != len(plan.shards):
@@ -344,19 +351,19 @@ def merge(plan: ShardPlan, results: Sequence[ShardResult],
     if [w.index for w in windows] != list(range(len(windows))):
         raise ValueError("the shards' windows do not follow on from one another")
     ordered = [by_index[s.index] for s in plan.shards]
-    facts = plan.facts
-    info = {"origin_sec": ordered[0].info["origin_sec"],
-            "duration_sec": ordered[-1].info["position_sec"],
-            "has_video": ordered[0].info["has_video"],
-            "corrupt_packets": facts.corrupt_packets,
-            "gaps_filled_sec": facts.gaps_filled_sec,
-            "wall_sec": facts.wall_sec + sum(r.info["wall_sec"] for r in ordered),
-            "timeline": None,
-            "shards": [{"index": s.index, "first_window": s.first_window,
-                        "stop_window": s.stop_window,
-                        **{k: r.info[k] for k in ("decode_from_sec", "position_sec", "wall_sec")}}
-                       for s, r in zip(plan.shards, ordered)]}
-    return windows, info
+    whole = plan.facts
+    facts = {"origin_sec": ordered[0].info["origin_sec"],
+             "duration_sec": ordered[-1].info["position_sec"],
+             "has_video": ordered[0].info["has_video"],
+             "corrupt_packets": whole.corrupt_packets,
+             "gaps_filled_sec": whole.gaps_filled_sec,
+             "wall_sec": whole.wall_sec + sum(r.info["wall_sec"] for r in ordered),
+             "timeline": None,
+             "shards": [{"index": s.index, "first_window": s.first_window,
+                         "stop_window": s.stop_window,
+                         **{k: r.info[k] for k in ("decode_from_sec", "position_sec", "wall_sec")}}
+                        for s, r in zip(plan.shards, ordered)]}
+    return windows, run_info(plan.input_path, facts, ordered[0].info["settings"])
 
 
 def score_sharded(input_path: str, cfg: Config, scorer, shard_minutes: float,

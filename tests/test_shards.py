@@ -82,13 +82,16 @@ def test_loudness_shards_equal_a_single_run(vod, loudness_single, minutes, batch
     assert windows == single  # every field of every window, to the last bit
     assert info["duration_sec"] == metrics.position_sec == plan.duration_sec
     assert info["has_video"] and info["corrupt_packets"] == 0
+    # What detect records of the run, as an unsharded detect's (engine.detect.run_info).
+    assert info["source"] == os.path.abspath(vod) and info["scorer"] == "loudness"
+    assert [s["stop_window"] for s in info["shards"]] == [b for _, b in expected]
     # Each shard began its warm-up (the loudness background's minute) before its first window.
     for shard, result in zip(plan.shards[1:], results[1:]):
         start_sec = shard.first_window * STRIDE_SEC
         assert 0 < start_sec - result.info["decode_from_sec"] <= 63.0
 
 
-# ---- the model path: within 1e-5 ------------------------------------------------------------------
+# ---- the model path: within 1e-5 -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
@@ -226,7 +229,7 @@ def test_single_pass_cannot_be_sharded(model_files):
         score_sharded(media, replace(cfg, exact_reference=False), scorer, 0.5)
 
 
-# ---- detect --shard-minutes -----------------------------------------------------------------------
+# ---- detect --shard-minutes ------------------------------------------------------------------
 
 def test_detect_with_shard_minutes_writes_the_tables_of_an_unsharded_detect(vod, tmp_path):
     runs = {}
