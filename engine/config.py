@@ -61,11 +61,10 @@ class Config:
     # Reliability.
     max_duration_sec: Optional[float] = 86400.0  # longer inputs are refused (24 h; None: no limit)
     progress_every_sec: float = 5.0  # how often detect saves its progress record (for resuming)
+    shard_minutes: Optional[float] = None  # score a long input in time shards this long, spread
+    #                                        over the workers (engine.shards); None: one stream
     rescore_cache_mb: int = 64  # first-pass levels kept for the second pass (exact_reference), up
     #                             to this much (40 min at 64 MB); past it, it separates again
-    # Time shards (engine.shards): score a local file in spans of this many minutes of stream,
-    # each restarted as a resumed run restarts, the same scores as one run; None: one run.
-    shard_minutes: Optional[float] = None
 
     @property
     def window_frames(self) -> int:
@@ -161,25 +160,18 @@ def _check(cfg: Config) -> Config:
             bad(key, "must be at least 1")
     if cfg.max_duration_sec is not None and cfg.max_duration_sec <= 0:
         bad("max_duration_sec", "must be positive (or null for no limit)")
+    if cfg.shard_minutes is not None and cfg.shard_minutes * 60 < cfg.window_sec:
+        bad("shard_minutes", "must be at least one window long")
     if cfg.rescore_cache_mb < 0:
         bad("rescore_cache_mb", "must be 0 or more")
     if cfg.progress_every_sec <= 0:
         bad("progress_every_sec", "must be positive")
-    check_shard_minutes(cfg)
     if not 0 < cfg.chunk_sec <= 600:
         bad("chunk_sec", "must be above 0 and at most 600")
     if cfg.audio_stream is not None and cfg.audio_stream < 0:
         bad("audio_stream", "must be 0 or more (0 is the first audio stream)")
     _check_tracks(cfg)
     return cfg
-
-
-def check_shard_minutes(cfg: Config) -> None:
-    """A time shard (engine.shards) is at least one window long."""
-    if cfg.shard_minutes is not None and not cfg.shard_minutes * 60 >= cfg.window_sec:
-        raise HighlightSenseError(
-            f"config: 'shard_minutes' = {cfg.shard_minutes!r} must be positive and at least one "
-            f"window long ({cfg.window_sec / 60:g} minutes)")
 
 
 def _check_tracks(cfg: Config) -> None:
@@ -261,3 +253,9 @@ def given_keys(config_file: Optional[str] = None,
     if config_file:
         given |= set(read_yaml(resolve_preset(config_file)))
     return given
+
+
+def checked(cfg: Config) -> Config:
+    """`cfg` with every value checked as load_config checks them (one line for the first bad
+    one): for a Config changed in code, e.g. by replace()."""
+    return _check(cfg)

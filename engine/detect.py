@@ -83,41 +83,6 @@ def prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
-               show_progress: bool, observer: RunObserver):
-    """Score every window, from the record's last whole batch on. Returns (windows, source,
-    stages, metrics, held levels or None)."""
-    first = batch_start(len(record.windows), cfg.batch_size)
-    # A run from the start keeps the first levels in memory for the second pass.
-    held = (HeldLevels.within(cfg.rescore_cache_mb)
-            if scorer.whole_stream_reference and cfg.exact_reference and not first else None)
-    stages = scorer.feature_stages(cfg, FeatureRun(emit_from=first * cfg.stride_frames,
-                                                   hold=held))
-    for stage in stages:
-        state = record.state_for(stage)
-        if state is not None:
-            stage.restore(state)
-    observer.stages_built(stages)
-    start = restart_sample(stages, grid.frame_sample(first * cfg.stride_frames)) if first else 0
-    source = open_source(input_path, cfg, start, record.source.get("sync_points"))
-    if first:
-        record.note_resume(1, first, grid.frames_to_sec(first * cfg.stride_frames),
-                           start / grid.AUDIO_RATE)
-    collect = CollectScores(record.windows[:first])
-
-    def snapshot(rec: ProgressRecord) -> None:
-        rec.windows = list(collect.windows)  # first: the history read next then covers them
-        rec.stages = {stage.name: stage.state() for stage in stages}
-        rec.source = {"sync_points": list(source.info.sync_points)}
-
-    progress = Progress(source.info.duration_sec) if show_progress else None
-    checkpoints = Checkpoints(record, cfg.progress_every_sec, snapshot) if record.enabled else None
-    observer.pass_started("first pass", source.info.duration_sec)
-    windows, metrics = run_pipeline(source, stages, scorer, cfg, [progress, checkpoints], first,
-                                    collect, observer)
-    return windows, source, stages, metrics, held
-
-
 def source_facts(info: SourceInfo, metrics: PipelineMetrics) -> dict:
     """What one pass over the whole input learnt of it, as run_info takes it."""
     return {"origin_sec": info.origin_sec, "duration_sec": metrics.position_sec,
@@ -163,6 +128,41 @@ def score_input(input_path: str, cfg: Config, scorer) -> tuple:
     from highlightsense.engine.shards import score_sharded
 
     return score_sharded(input_path, cfg, scorer, cfg.shard_minutes)
+
+
+def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
+               show_progress: bool, observer: RunObserver):
+    """Score every window, from the record's last whole batch on. Returns (windows, source,
+    stages, metrics, held levels or None)."""
+    first = batch_start(len(record.windows), cfg.batch_size)
+    # A run from the start keeps the first levels in memory for the second pass.
+    held = (HeldLevels.within(cfg.rescore_cache_mb)
+            if scorer.whole_stream_reference and cfg.exact_reference and not first else None)
+    stages = scorer.feature_stages(cfg, FeatureRun(emit_from=first * cfg.stride_frames,
+                                                   hold=held))
+    for stage in stages:
+        state = record.state_for(stage)
+        if state is not None:
+            stage.restore(state)
+    observer.stages_built(stages)
+    start = restart_sample(stages, grid.frame_sample(first * cfg.stride_frames)) if first else 0
+    source = open_source(input_path, cfg, start, record.source.get("sync_points"))
+    if first:
+        record.note_resume(1, first, grid.frames_to_sec(first * cfg.stride_frames),
+                           start / grid.AUDIO_RATE)
+    collect = CollectScores(record.windows[:first])
+
+    def snapshot(rec: ProgressRecord) -> None:
+        rec.windows = list(collect.windows)  # first: the history read next then covers them
+        rec.stages = {stage.name: stage.state() for stage in stages}
+        rec.source = {"sync_points": list(source.info.sync_points)}
+
+    progress = Progress(source.info.duration_sec) if show_progress else None
+    checkpoints = Checkpoints(record, cfg.progress_every_sec, snapshot) if record.enabled else None
+    observer.pass_started("first pass", source.info.duration_sec)
+    windows, metrics = run_pipeline(source, stages, scorer, cfg, [progress, checkpoints], first,
+                                    collect, observer)
+    return windows, source, stages, metrics, held
 
 
 def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from highlightsense.engine import grid
-from highlightsense.engine.config import Config, check_shard_minutes
+from highlightsense.engine.config import Config, checked
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.operator import FeatureRun, SourceInfo
 from highlightsense.engine.progress import clock
@@ -129,7 +129,7 @@ def plan_shards(input_path: str, cfg: Config, shard_minutes: float) -> ShardPlan
     from highlightsense.engine.passes import open_source
 
     check_local(input_path)
-    check_shard_minutes(replace(cfg, shard_minutes=shard_minutes))
+    checked(replace(cfg, shard_minutes=shard_minutes))
     began = time.perf_counter()
     source = open_source(input_path, cfg)
     samples = 0

@@ -210,17 +210,19 @@ def test_shards_need_a_local_file_and_a_shard_of_a_window_or_more(vod, tmp_path,
     with pytest.raises(HighlightSenseError, match="is a pipe"):
         plan_shards(str(fifo), load_config(), 1.0)
     for args, says in ((["http://127.0.0.1:9/vod.m3u8", "--shard-minutes", "1"], "is a URL"),
-                       ([vod, "--shard-minutes", "0"], "'shard_minutes' = 0.0 must be positive"),
-                       ([vod, "--shard-minutes", "-2"], "must be positive"),
-                       ([vod, "--shard-minutes", "0.25"], "at least one window long (0.5 min"),
-                       ([vod, "--shard-minutes", "0.1", "--window-sec", "10"], "(0.166667 min")):
+                       ([vod, "--shard-minutes", "0"], "'shard_minutes' = 0.0 must be at least "
+                                                       "one window long"),
+                       ([vod, "--shard-minutes", "-2"], "'shard_minutes' = -2.0 must be"),
+                       ([vod, "--shard-minutes", "0.25"], "'shard_minutes' = 0.25 must be"),
+                       ([vod, "--shard-minutes", "0.1", "--window-sec", "10"], "= 0.1 must be")):
         out = tmp_path / "out"
         assert main(["detect", *args, "--out", str(out), "-q"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
         assert not out.exists()
-    with pytest.raises(HighlightSenseError, match="must be positive"):
+    with pytest.raises(HighlightSenseError, match="'shard_minutes' = 0.0 must be at least one"):
         plan_shards(vod, load_config(), 0.0)
+    assert plan_shards(vod, load_config(), 0.5).shards  # half a minute: one 30-s window
 
 
 def test_single_pass_cannot_be_sharded(model_files):
