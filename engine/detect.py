@@ -22,7 +22,7 @@ from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.files import OutputError
 from highlightsense.engine.observer import RunObserver
-from highlightsense.engine.operator import FeatureRun, SourceInfo, restart_sample
+from highlightsense.engine.operator import FeatureRun, restart_sample
 from highlightsense.engine.passes import build_scorer, open_source, run_pipeline
 from highlightsense.engine.pipeline import PipelineMetrics
 from highlightsense.engine.progress import Progress
@@ -83,8 +83,9 @@ def prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def source_facts(info: SourceInfo, metrics: PipelineMetrics) -> dict:
-    """What one pass over the whole input learnt of it, as run_info takes it."""
+def source_facts(info, metrics: PipelineMetrics) -> dict:
+    """What one pass over the whole input learnt of it (its source's SourceInfo and the pass's
+    metrics), as run_info takes it."""
     return {"origin_sec": info.origin_sec, "duration_sec": metrics.position_sec,
             "has_video": info.has_video, "corrupt_packets": info.corrupt_packets,
             "gaps_filled_sec": info.gaps_filled_sec, "wall_sec": metrics.wall_sec,
