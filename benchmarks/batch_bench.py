@@ -112,7 +112,6 @@ def _scores(folder: Path) -> np.ndarray:
 
 def shards(vod: Path, work: Path, counts: Sequence[int], workers: int) -> List[dict]:
     """`detect` of one long VOD as one stream, then in each number of shards."""
-    from highlightsense.engine.batch import detect_sharded
     from highlightsense.engine.detect import detect
 
     cfg = _config(str(vod), None, None)
@@ -129,7 +128,8 @@ def shards(vod: Path, work: Path, counts: Sequence[int], workers: int) -> List[d
         sharded = replace(cfg, shard_minutes=minutes / count + 1e-6)
         began = time.perf_counter()
         with _pool("local", min(workers, count), sharded) as pool:
-            detect_sharded(str(vod), work / f"shards{count}", sharded, pool)
+            detect(str(vod), work / f"shards{count}", sharded, show_progress=False,
+                   shard_pool=pool)
         wall = time.perf_counter() - began
         ours = _scores(work / f"shards{count}")
         rows.append({"shards": count, "workers": min(workers, count), "wall_sec": wall,

@@ -229,12 +229,15 @@ class ShardedInput:
     worker, then, on the model path, reduce each on the worker that mapped it (it holds the
     shard's levels) under the whole VOD's reference, merge, and write the folder here."""
 
-    def __init__(self, entry: Entry, folder: Path, cfg: Config, dispatcher: Dispatcher,
+    def __init__(self, entry: Entry, cfg: Config, dispatcher: Dispatcher,
                  finish: Callable[[Entry, Optional[InputResult], Optional[str]], None]):
+        from highlightsense.engine.detect import check_input
         from highlightsense.engine.shards import plan_shards
+        from highlightsense.operators.sources.tracks import resolve_tracks
 
-        self.entry, self.folder, self.cfg, self.dispatcher = entry, folder, cfg, dispatcher
-        self.finish = finish
+        check_input(entry.input, cfg)
+        cfg = resolve_tracks(entry.input, cfg)  # the streams every shard reads, chosen once
+        self.entry, self.cfg, self.dispatcher, self.finish = entry, cfg, dispatcher, finish
         self.began = time.monotonic()
         self.plan = plan_shards(entry.input, cfg, cfg.shard_minutes)
         self.mapped: Dict[int, tuple] = {}  # index: (handle, ShardResult)
@@ -281,35 +284,24 @@ class ShardedInput:
     def _merge(self) -> None:
         from highlightsense.engine.shards import merge
 
-        windows, info = merge(self.plan, [r for _, r in sorted(self.mapped.values(),
-                                                                key=lambda m: m[1].index)],
+        windows, info = merge(self.plan, [r for _, r in self.mapped.values()],
                               self.rescored or None)
+        info["wall_sec"] = time.monotonic() - self.began  # the shards ran at once
         self.finish(self.entry, InputResult(windows, info, -1, time.monotonic() - self.began),
                     None)
 
 
-def detect_sharded(input_path: str, out_dir: Path, cfg: Config, pool):
-    """`detect --shard-minutes`: one input's shards over `pool`'s workers, the folder written
-    here. Returns (the entry, the selection's Outcome)."""
-    from highlightsense.engine.detect import check_input, prepare_out_dir, write_outputs
-    from highlightsense.operators.sinks import tables
-
-    check_input(input_path, cfg)
-    out_dir = prepare_out_dir(Path(out_dir))
-    entry = Entry(input_path, str(out_dir), status="running")
+def score_shards_on(pool, input_path: str, cfg: Config):
+    """A sharded detect's scores over `pool`'s workers: (windows, what detect records)."""
+    entry = Entry(input_path, "", status="running")
     dispatcher = Dispatcher(pool.handles)
     got: dict = {}
-    ShardedInput(entry, out_dir, cfg, dispatcher,
+    ShardedInput(entry, cfg, dispatcher,
                  lambda e, result, error: got.update(result=result, error=error))
     dispatcher.run()
     if got.get("error"):
         raise HighlightSenseError(got["error"])
-    result = got["result"]
-    (out_dir / tables.SUMMARY_JSON).unlink(missing_ok=True)
-    outcome = write_outputs(out_dir, result.windows, cfg, result.info)
-    entry.status, entry.windows, entry.highlights = "done", len(result.windows), len(
-        outcome.highlights)
-    return result, outcome
+    return got["result"].windows, got["result"].info
 
 
 def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: bool = False,
@@ -373,7 +365,7 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
         entry.status = "running"
         if cfg.shard_minutes:
             try:
-                ShardedInput(entry, folder, cfg, dispatcher, ended)
+                ShardedInput(entry, cfg, dispatcher, ended)
             except HighlightSenseError as e:
                 ended(entry, None, str(e))
             continue

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -119,8 +120,9 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="skip the second pass over the windows scored before the VOD's loudest "
                         "frame (faster; their dB reference is then lower than the seed's)")
     p.add_argument("--shard-minutes", type=float, metavar="M",
-                   help="score a long input in time shards of M minutes spread over the "
-                        "workers (local files; the scores equal one run's)")
+                   help="score a local file in time shards of about M minutes spread over the "
+                        "workers, each restarted as a resumed run restarts: the same scores "
+                        "as one run")
 
 
 def _selection_flags(p: argparse.ArgumentParser) -> None:
@@ -489,14 +491,13 @@ def _detect(args) -> int:
 
     cfg = _config(args, tune=True)
     _check_workers(args)
-    if cfg.shard_minutes:
-        return _detect_sharded(args, cfg)
-    if args.workers is not None:
+    if args.workers is not None and not cfg.shard_minutes:
         raise HighlightSenseError("--workers goes with --shard-minutes (one stream runs in "
                                   "one process)")
     try:
-        result = detect(args.input, args.out, cfg, show_progress=not args.quiet,
-                        restart=args.restart)
+        with _shard_pool(args, cfg) as pool:
+            result = detect(args.input, args.out, cfg, show_progress=not args.quiet,
+                            restart=args.restart, shard_pool=pool)
     except KeyboardInterrupt:
         from highlightsense.engine.resume import RECORD_NAME
 
@@ -518,17 +519,16 @@ def _check_workers(args) -> None:
         raise HighlightSenseError(f"--workers must be at least 1, not {args.workers}")
 
 
-def _detect_sharded(args, cfg) -> int:
-    from highlightsense.engine.batch import detect_sharded, open_pool
+@contextmanager
+def _shard_pool(args, cfg):
+    """The workers a sharded detect spreads its shards over (None: not sharded)."""
+    if not cfg.shard_minutes:
+        yield None
+        return
+    from highlightsense.engine.batch import open_pool
 
     with open_pool(None, args.workers, cfg) as pool:
-        _, outcome = detect_sharded(args.input, Path(args.out), cfg, pool)
-    print("\n".join(outcome.summary))
-    print_table(outcome.highlights)
-    print(f"outputs in {args.out}")
-    if args.export:
-        _export_to(Path(args.out), args.export)
-    return 0
+        yield pool
 
 
 def _batch(args) -> int:

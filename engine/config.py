@@ -253,3 +253,9 @@ def given_keys(config_file: Optional[str] = None,
     if config_file:
         given |= set(read_yaml(resolve_preset(config_file)))
     return given
+
+
+def checked(cfg: Config) -> Config:
+    """`cfg` with every value checked as load_config checks them (one line for the first bad
+    one): for a Config changed in code, e.g. by replace()."""
+    return _check(cfg)

@@ -5,6 +5,10 @@
 2. Where the scorer's features take the whole stream's dB reference (the CRNN's), the windows
    made before it was known are scored again (engine.second_pass).
 3. The highlights are chosen and the outputs written (engine.selection).
+
+With cfg.shard_minutes, phases 1 and 2 are time shards of the file instead (engine.shards,
+through score_input): the same scores, then the same phase 3. A sharded run keeps no progress
+of its own within them: interrupted, it scores again; once scored, only phase 3 is redone.
 """
 import logging
 import os
@@ -49,6 +53,10 @@ def check_input(input_path: str, cfg: Config) -> None:
     from highlightsense.operators.sources.decode import audio_stream, open_media
     from highlightsense.operators.sources.resolve import is_url
 
+    if cfg.shard_minutes is not None:
+        from highlightsense.engine.shards import check_local
+
+        check_local(input_path)
     if is_url(input_path):
         return
     if os.path.exists(input_path) and not os.path.isdir(input_path) \
@@ -74,6 +82,58 @@ def prepare_out_dir(out_dir: Path) -> Path:
             f"cannot write to output folder {out_dir}: {e.strerror}; choose another with --out"
         ) from None
     return out_dir
+
+
+def source_facts(info, metrics: PipelineMetrics) -> dict:
+    """What one pass over the whole input learnt of it (its source's SourceInfo and the pass's
+    metrics), as run_info takes it."""
+    return {"origin_sec": info.origin_sec, "duration_sec": metrics.position_sec,
+            "has_video": info.has_video, "corrupt_packets": info.corrupt_packets,
+            "gaps_filled_sec": info.gaps_filled_sec, "wall_sec": metrics.wall_sec,
+            "timeline": None if info.timeline is None else [vars(e) for e in info.timeline]}
+
+
+def scorer_settings(cfg: Config, scorer) -> dict:
+    """What the outputs record of how a run scored: the audio it read and the scorer's models."""
+    return {"audio_stream": cfg.audio_stream, "voice_track": cfg.voice_track,
+            "game_track": cfg.game_track, "scorer": scorer.name, **scorer.describe(cfg)}
+
+
+def run_info(input_path: str, facts: dict, settings: dict) -> dict:
+    """What the record and the outputs keep of a run: the source's facts (source_facts, or the
+    shards' in engine.shards.merge) with the input and how it was scored (scorer_settings)."""
+    info = {
+        "source": source_name(input_path),
+        "origin_sec": facts["origin_sec"],
+        "duration_sec": facts["duration_sec"],
+        "has_video": facts["has_video"],
+        **settings,
+        "corrupt_packets": facts["corrupt_packets"],
+        "gaps_filled_sec": facts["gaps_filled_sec"],
+        "wall_sec": facts["wall_sec"],
+    }
+    if "shards" in facts:
+        info["shards"] = facts["shards"]
+    if os.path.isfile(input_path):  # the video's frame rate and start, for export
+        from highlightsense.operators.sinks.timelines import media_record, probe
+
+        info["video"] = media_record(probe(input_path))
+    if facts.get("timeline") is not None:  # HLS: stream time to each run's timestamps, for clips
+        info["timeline"] = facts["timeline"]
+    return info
+
+
+def score_input(input_path: str, cfg: Config, scorer, pool=None) -> tuple:
+    """Phases 1 and 2 of a sharded run (cfg.shard_minutes): (every window's score, what the
+    record keeps of the run: run_info). With a pool of workers (engine.workers) the shards
+    run there at once, else in this process one after another."""
+    if pool is not None:
+        from highlightsense.engine.batch import score_shards_on
+
+        return score_shards_on(pool, input_path, cfg)
+    from highlightsense.engine.shards import score_sharded
+
+    return score_sharded(input_path, cfg, scorer, cfg.shard_minutes)
 
 
 def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
@@ -113,8 +173,10 @@ def first_pass(input_path: str, cfg: Config, scorer, record: ProgressRecord,
 
 def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = True,
            restart: bool = False, observer: Optional[RunObserver] = None,
-           scorer_for: Callable[[Config], Scorer] = build_scorer) -> DetectResult:
-    """`scorer_for`: where the scorer comes from (a batch worker keeps its models loaded)."""
+           scorer_for: Callable[[Config], Scorer] = build_scorer,
+           shard_pool=None) -> DetectResult:
+    """`scorer_for`: where the scorer comes from (a batch worker keeps its models loaded).
+    `shard_pool`: the workers a sharded run (cfg.shard_minutes) spreads its shards over."""
     from highlightsense.operators.sources.tracks import resolve_tracks
 
     observer = observer or RunObserver()
@@ -124,7 +186,8 @@ def detect(input_path: str, out_dir: Path, cfg: Config, show_progress: bool = Tr
     made = not Path(out_dir).exists()
     out_dir = prepare_out_dir(out_dir)
     try:
-        return _detect(input_path, out_dir, cfg, scorer, show_progress, restart, observer)
+        return _detect(input_path, out_dir, cfg, scorer, show_progress, restart, observer,
+                       shard_pool)
     except BaseException:
         if made and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a run that failed before writing anything leaves no folder
@@ -149,7 +212,7 @@ def write_outputs(out_dir: Path, windows: List[WindowScore], cfg: Config, info: 
 
 
 def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: bool,
-            restart: bool, observer: RunObserver) -> DetectResult:
+            restart: bool, observer: RunObserver, shard_pool=None) -> DetectResult:
     from highlightsense.operators.sources.resolve import is_url
 
     observer.scorer_ready(scorer)
@@ -163,33 +226,18 @@ def _detect(input_path: str, out_dir: Path, cfg: Config, scorer, show_progress: 
     # folder that looks complete but mixes two runs.
     (out_dir / tables.SUMMARY_JSON).unlink(missing_ok=True)
     metrics, held = None, None
+    if record.phase == 1 and cfg.shard_minutes is not None:
+        record.windows, record.info = score_input(input_path, cfg, scorer, shard_pool)
+        record.phase = 3
+        record.save()
     if record.phase == 1:
         windows, source, stages, metrics, held = first_pass(input_path, cfg, scorer, record,
                                                             show_progress, observer)
         if not windows:
             raise HighlightSenseError(f"{input_path} contains no audio samples")
-        info = source.info
         record.windows, record.phase = windows, 2
-        record.info = {
-            "source": source_name(input_path),
-            "origin_sec": info.origin_sec,
-            "duration_sec": metrics.position_sec,
-            "has_video": info.has_video,
-            "audio_stream": cfg.audio_stream,
-            "voice_track": cfg.voice_track,
-            "game_track": cfg.game_track,
-            "scorer": scorer.name,
-            **scorer.describe(cfg),
-            "corrupt_packets": info.corrupt_packets,
-            "gaps_filled_sec": info.gaps_filled_sec,
-            "wall_sec": metrics.wall_sec,
-        }
-        if os.path.isfile(input_path):  # the video's frame rate and start, for export
-            from highlightsense.operators.sinks.timelines import media_record, probe
-
-            record.info["video"] = media_record(probe(input_path))
-        if info.timeline is not None:  # HLS: stream time to each run's timestamps, for clips
-            record.info["timeline"] = [vars(e) for e in info.timeline]
+        record.info = run_info(input_path, source_facts(source.info, metrics),
+                               scorer_settings(cfg, scorer))
         if scorer.whole_stream_reference:
             features = stages[-1].state()
             record.reference_db = features["reference_db"]

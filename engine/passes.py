@@ -8,12 +8,12 @@ from highlightsense.engine import grid
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
 from highlightsense.engine.observer import RunObserver
-from highlightsense.engine.operator import Scorer, Source
+from highlightsense.engine.operator import Scorer, Source, lookahead_samples, restart_sample
 from highlightsense.engine.pipeline import Pipeline, run_async
 from highlightsense.engine.progress import clock
 from highlightsense.operators.score import Score
 from highlightsense.operators.select import CollectScores
-from highlightsense.operators.sources.wrappers import Limited
+from highlightsense.operators.sources.wrappers import Limited, Prefix
 from highlightsense.operators.windows import Windows
 
 log = logging.getLogger("highlightsense")
@@ -74,6 +74,20 @@ def open_source(input_path: str, cfg: Config, start_sample: int = 0,
                 f"{clock(cfg.max_duration_sec)}; raise the limit or cut the input")
         source = Limited(source, cfg.max_duration_sec)
     return source
+
+
+def open_span(input_path: str, cfg: Config, stages: list, first_frame: int,
+              stop_frame: Optional[int] = None, sync_points=None) -> tuple:
+    """The input for `stages` to emit frames [first_frame, stop_frame) as a run over the whole
+    input emits them: begun their warm-up early (restart_sample, as a resumed run restarts) and
+    read on past stop_frame by their look-ahead (the features' reach, then every Demucs segment
+    covering it); None: to the end. Returns (source, decoder): a Prefix copies its decoder's
+    info, so the counts the decoder keeps as it goes (corrupt packets, gaps) are the decoder's."""
+    start = restart_sample(stages, grid.frame_sample(first_frame)) if first_frame else 0
+    decoder = open_source(input_path, cfg, start, sync_points)
+    if stop_frame is None:
+        return decoder, decoder
+    return Prefix(decoder, grid.frame_sample(stop_frame) + lookahead_samples(stages)), decoder
 
 
 def _track_source(input_path: str, cfg: Config, start_sample: int) -> Source:

@@ -23,41 +23,61 @@ log = logging.getLogger("highlightsense")
 
 
 class HeldLevels:
-    """Frames (stems, mels) of the stream's first `capacity` frames, kept for the second pass,
-    in one anonymous memory map: outside malloc's heap, where many long-lived pieces among the
+    """The levels (dB before the reference) of a span of the stream's frames, `capacity` frames
+    from frame `start` on: the stream's first frames for the second pass (start 0), a time
+    shard's own (engine.shards), every frame of a VOD for training (engine.train). Held in one
+    anonymous memory map: outside malloc's heap, where many long-lived pieces among the
     pipeline's short-lived buffers would pin memory far beyond their own size; pages count only
-    once written. The feature stage offers it every frame it emits (add)."""
+    once written. The feature stage offers it every frame it emits (add), and copies to the
+    host only those it keeps (wanted)."""
 
-    def __init__(self, stems: int, mels: int, capacity: int):
-        self.capacity = capacity
+    def __init__(self, stems: int, mels: int, capacity: int, start: int = 0):
+        self.capacity, self.start = capacity, start
         self._map = mmap.mmap(-1, max(1, capacity * stems * mels * 4))
         self._buf = np.frombuffer(self._map, np.float32, capacity * stems * mels).reshape(
             capacity, stems, mels)
-        self.frames = range(0)  # the frames held: from the run's first on, without a gap
+        self.frames = range(0)  # the frames held: from the first offered in the span on, no gap
         self.offered = 0  # one past the last frame offered: the stream's frames so far
 
     @classmethod
-    def within(cls, megabytes: int, stems: int = 2, mels: int = 80) -> "HeldLevels":
-        """As many frames as `megabytes` of float32 levels hold (64 MB: 40 minutes)."""
-        return cls(stems, mels, megabytes * 2 ** 20 // (stems * mels * 4))
+    def within(cls, megabytes: int, stems: int = 2, mels: int = 80, start: int = 0,
+               frames: Optional[int] = None) -> "HeldLevels":
+        """As many frames as `megabytes` of float32 levels hold (64 MB: 40 minutes), from frame
+        `start` on; no more than `frames` when given (all a span needs)."""
+        capacity = megabytes * 2 ** 20 // (stems * mels * 4)
+        return cls(stems, mels, capacity if frames is None else min(capacity, frames), start)
+
+    @property
+    def nbytes(self) -> int:
+        """What it takes when full: 1.65 MB a minute of stream (2 stems, 80 mels)."""
+        return self._buf.nbytes
+
+    def wanted(self, first: int, frames: int) -> slice:
+        """Which of `frames` frames from `first` on lie in its span: a slice of them (empty when
+        none)."""
+        a = min(max(first, self.start), first + frames)
+        b = max(a, min(first + frames, self.start + self.capacity))
+        return slice(a - first, b - first)
 
     def add(self, level: Optional[np.ndarray], first: int, frames: int) -> None:
         """`frames` frames from `first` on, following on from those offered before; `level`
-        (stems, mels, n) holds the first n of them, as many as fit (None: none fit)."""
+        (stems, mels, n) holds those of them that wanted() picks (None: none)."""
         self.offered = first + frames
-        if level is None or first >= self.capacity or level.shape[-1] == 0:
+        keep = self.wanted(first, frames)
+        if level is None or keep.stop == keep.start:
             return
+        at, n = first + keep.start, keep.stop - keep.start
+        assert level.shape[-1] == n, "level must hold the frames wanted() picks"
         if not self.frames:
-            self.frames = range(first, first)
-        assert first == self.frames.stop, "held frames must follow on"
-        n = min(level.shape[-1], len(self._buf) - (first - self.frames.start))
-        at = first - self.frames.start
-        self._buf[at:at + n] = np.moveaxis(level[..., :n], -1, 0)
-        self.frames = range(self.frames.start, first + n)
+            self.frames = range(at, at)
+        assert at == self.frames.stop, "held frames must follow on"
+        self._buf[at - self.start:at - self.start + n] = np.moveaxis(level, -1, 0)
+        self.frames = range(self.frames.start, at + n)
 
     def get(self, start: int, stop: int) -> np.ndarray:
         """Frames [start, stop) (clipped to those held) as (stems, mels, n)."""
-        a, b = start - self.frames.start, min(stop, self.frames.stop) - self.frames.start
+        a = max(start, self.frames.start) - self.start
+        b = max(a + self.start, min(stop, self.frames.stop)) - self.start
         return np.ascontiguousarray(np.moveaxis(self._buf[a:b], 0, -1))
 
     def features(self, reference_db: Sequence[float], piece: int = 1024):
@@ -100,18 +120,20 @@ class HeldFrames(Source):
             yield FrameChunk(chunk.frames[..., :self.stop - chunk.start], chunk.start)
 
 
-def held_windows(cfg, held: Optional[HeldLevels], windows, last: int) -> tuple:
-    """(windows, stop frame): the second pass's windows (from 0, a whole number of batches
-    unless all of them) whose frames the first pass held, and the frames they need."""
+def held_windows(cfg, held: Optional[HeldLevels], first: int, last: int) -> tuple:
+    """(windows, stop frame): how many of windows first..last, from `first` on (a whole number
+    of batches unless all of them), have every frame held, and the frames they need. `first`
+    is 0 for the second pass, a shard's first window for its reduce (engine.shards)."""
     frames = held.frames if held is not None else range(0)
-    if not frames or frames.start != 0:
+    wanted = last + 1 - first
+    if not frames or frames.start > first * cfg.stride_frames or wanted <= 0:
         return 0, 0
-    if frames.stop >= held.offered:  # the whole stream: even a short one's window 0
-        return last + 1, min(frames.stop, last * cfg.stride_frames + cfg.window_frames)
-    fit = sum(1 for w in windows[:last + 1]
-              if w.index * cfg.stride_frames + cfg.window_frames <= frames.stop)
-    count = fit if fit == last + 1 else batch_start(fit, cfg.batch_size)
-    return count, (count - 1) * cfg.stride_frames + cfg.window_frames if count else 0
+    if frames.stop >= held.offered:  # all the stream gave: even a short one's window 0
+        return wanted, min(frames.stop, last * cfg.stride_frames + cfg.window_frames)
+    fit = sum(1 for w in range(first, last + 1)
+              if w * cfg.stride_frames + cfg.window_frames <= frames.stop)
+    count = fit if fit == wanted else batch_start(fit, cfg.batch_size)
+    return count, (first + count - 1) * cfg.stride_frames + cfg.window_frames if count else 0
 
 
 def batch_start(count: int, batch_size: int) -> int:
@@ -142,12 +164,11 @@ def rescore(input_path: str, cfg, scorer, record, show_progress: bool,
     again under it: from the levels the first pass held, and past them in a pass over the start
     of the file. The record (engine.resume.ProgressRecord) carries the reference, the first
     frame made under it, and what an interrupted second pass had done."""
-    from highlightsense.engine.operator import FeatureRun, lookahead_samples, restart_sample
-    from highlightsense.engine.passes import open_source, run_pipeline
+    from highlightsense.engine.operator import FeatureRun
+    from highlightsense.engine.passes import open_span, run_pipeline
     from highlightsense.engine.progress import Progress
     from highlightsense.engine.resume import Checkpoints
     from highlightsense.operators.select import CollectScores
-    from highlightsense.operators.sources.wrappers import Prefix
 
     windows = record.windows
     redo = windows_to_redo(cfg, windows, record.exact_from)
@@ -164,7 +185,7 @@ def rescore(input_path: str, cfg, scorer, record, show_progress: bool,
     def checkpoints():
         return Checkpoints(record, cfg.progress_every_sec, snapshot) if record.enabled else None
 
-    from_held, stop = held_windows(cfg, held, windows, last) if not first else (0, 0)
+    from_held, stop = held_windows(cfg, held, 0, last) if not first else (0, 0)
     if from_held:
         say_held(from_held)
         if observer:
@@ -178,19 +199,15 @@ def rescore(input_path: str, cfg, scorer, record, show_progress: bool,
                                                        reference_db=reference))
         if observer:
             observer.stages_built(stages)
-        last_frame = last * cfg.stride_frames + cfg.window_frames - 1
-        # Past the last frame wanted, every stage's look-ahead (the features' reach, then every
-        # Demucs segment covering it).
-        samples = grid.frame_sample(last_frame + 1) + lookahead_samples(stages)
-        start = (restart_sample(stages, grid.frame_sample(first * cfg.stride_frames))
-                 if first else 0)
+        stop_frame = last * cfg.stride_frames + cfg.window_frames  # one past the last wanted
+        source, _ = open_span(input_path, cfg, stages, first * cfg.stride_frames, stop_frame,
+                              record.source.get("sync_points"))
+        start = source.info.start_sample
         if first and not from_held:
             record.note_resume(2, first, grid.frames_to_sec(first * cfg.stride_frames),
                                start / grid.AUDIO_RATE)
         else:
-            say_second_pass(start, samples, last + 1 - first)
-        source = Prefix(open_source(input_path, cfg, start, record.source.get("sync_points")),
-                        samples)
+            say_second_pass(start, source.samples, last + 1 - first)
         progress = Progress(source.info.duration_sec) if show_progress else None
         if observer:
             observer.pass_started("second pass", source.info.duration_sec)

@@ -119,7 +119,8 @@ class MelFeatures(RestartableStage):
     The stream may begin later than sample 0 (a restart): samples before the next frame-grid
     point are dropped, and frames are emitted from `restart_frames` after that point on, each
     equal to an uninterrupted run's given that run's state() (see restore()). `hold` keeps the
-    levels of the stream's first frames for the second pass (engine.second_pass).
+    levels of a span of its frames (the stream's first, for the second pass: engine.second_pass;
+    a time shard's own: engine.shards).
     """
 
     name = "features"
@@ -271,9 +272,10 @@ class MelFeatures(RestartableStage):
             return []
         level = self.log_mel.frames(frames)
         self.frames_emitted = first + len(frames)
-        if self.hold is not None:  # it keeps what fits, and counts the rest
-            keep = max(0, self.hold.capacity - first)  # past it, no copy to the host
-            self.hold.add(level[..., :keep].cpu().numpy() if keep else None, first, len(frames))
+        if self.hold is not None:  # it keeps those in its span, and counts the rest
+            keep = self.hold.wanted(first, len(frames))  # outside it, no copy to the host
+            self.hold.add(level[..., keep].cpu().numpy() if keep.stop > keep.start else None,
+                          first, len(frames))
         db, ref = to_db(level, self._ref)
         rose = torch.diff(ref, dim=1, prepend=self._ref[:, None]) > 0
         for stem, j in rose.nonzero().tolist():
@@ -286,18 +288,25 @@ class MelFeatures(RestartableStage):
 RESAMPLER_REACH = 100
 
 
-def mel_features_offline(stems: np.ndarray, rate: int = grid.AUDIO_RATE,
-                         device: Union[str, torch.device] = "cpu",
-                         reference_db: Union[None, float, Sequence[float]] = None) -> np.ndarray:
-    """The whole-signal answer MelFeatures streams: stems (S, channels, n) -> (S, 80, frames).
-    It holds the whole signal, so it is for tests and comparisons, not for the pipeline."""
+def mel_levels_offline(stems: np.ndarray, rate: int = grid.AUDIO_RATE,
+                       device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """The whole-signal levels (dB before the reference) MelFeatures streams, and HeldLevels
+    keeps: stems (S, channels, n) -> (S, 80, frames), on `device`."""
     mono = np.mean(stems, axis=1, dtype=np.float32)
     if rate != grid.FEATURE_RATE:
         want = math.ceil(stems.shape[-1] * grid.FEATURE_RATE / rate)
         mono = soxr.resample(np.ascontiguousarray(mono.T), rate, grid.FEATURE_RATE,
                              quality="soxr_hq").T
         mono = np.pad(mono[:, :want], ((0, 0), (0, want - min(want, mono.shape[1]))))
-    level = LogMel(device).signal(mono)
+    return LogMel(device).signal(mono)
+
+
+def mel_features_offline(stems: np.ndarray, rate: int = grid.AUDIO_RATE,
+                         device: Union[str, torch.device] = "cpu",
+                         reference_db: Union[None, float, Sequence[float]] = None) -> np.ndarray:
+    """The whole-signal answer MelFeatures streams: stems (S, channels, n) -> (S, 80, frames).
+    It holds the whole signal, so it is for tests and comparisons, not for the pipeline."""
+    level = mel_levels_offline(stems, rate, device)
     start = -math.inf if reference_db is None else reference_db
     ref = torch.tensor(np.broadcast_to(start, len(stems)), dtype=torch.float32,
                        device=level.device)

@@ -276,7 +276,7 @@ def test_every_config_flag_reaches_config(tmp_path):
         "exact_cuts", "audio_stream", "batch_size", "model", "separator", "device",
         "separator_batch", "half", "exact_reference", "threshold", "hls_fragments",
         "max_duration_sec", "order", "voice_track", "game_track", "tracks",
-        "allow_private_hosts"}
+        "allow_private_hosts", "shard_minutes"}
     positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"],
                   "train": ["--out", "m.pt"]}
     commands = _commands()

@@ -185,3 +185,40 @@ def test_the_watch_tells_loopback_from_other_addresses():
                                             "[::ffff:127.0.0.1]:9"))
     assert not any(_LOOPBACK.match(a) for a in ("192.0.2.2:39019", "169.254.169.254:80",
                                                 "[2001:db8::1]:443", "10.0.0.1:6379"))
+
+
+def test_shards_on_ray_equal_a_single_run(cluster, vods, tmp_path):
+    """A 4-minute input in shards of 1.3 minutes (off the window grid) over two actors: the
+    loudness path's scores are the single run's, to the last digit."""
+    address, _ = cluster
+    out = tmp_path / "sharded"
+    assert main(["batch", str(vods[1]), "--out", str(out), "--ray", address, "--workers", "2",
+                 "--shard-minutes", "1.3", "-q"]) == 0
+    (entry,) = json.loads((out / "batch.json").read_text())["inputs"]
+    summary = json.loads((out / entry["folder"] / "highlights.json").read_text())
+    # 1.3-minute spans, their edges moved to whole batches (16 windows with batch_size unset)
+    assert [s["first_window"] for s in summary["shards"]] == [0, 16, 32]
+    assert main(["detect", str(vods[1]), "--out", str(tmp_path / "alone"), "-q"]) == 0
+    assert np.array_equal(scores(out / entry["folder"]), scores(tmp_path / "alone"))
+
+
+def test_model_path_shards_on_ray_within_1e_5(cluster, vods, tmp_path):
+    """The model path (a tiny random Demucs and a small random CRNN, written with the real
+    classes): each actor holds its shards' levels from map to reduce, the reference is the
+    shards' maximum; within 1e-5 of one run."""
+    from highlightsense.benchmarks.bench_support import write_small_models
+
+    address, _ = cluster
+    separator, model = write_small_models(tmp_path / "models")
+    flags = ["--model", str(model), "--separator", str(separator), "--window-sec", "10", "-q",
+             "--no-clips"]
+    out = tmp_path / "sharded"
+    assert main(["batch", str(vods[0]), "--out", str(out), "--ray", address, "--workers", "2",
+                 "--shard-minutes", "0.4", *flags]) == 0
+    (entry,) = json.loads((out / "batch.json").read_text())["inputs"]
+    assert entry["status"] == "done", entry["error"]
+    assert main(["detect", str(vods[0]), "--out", str(tmp_path / "alone"), *flags]) == 0
+    ours, alone = scores(out / entry["folder"]), scores(tmp_path / "alone")
+    assert ours.shape == alone.shape
+    assert np.array_equal(ours[:, :3], alone[:, :3])
+    assert np.max(np.abs(ours[:, 3] - alone[:, 3])) < 1e-5
