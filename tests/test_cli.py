@@ -217,7 +217,7 @@ def test_version(capsys):
 
 # ---- the CLI's flags and Config: one source of defaults -----------------------------------------
 
-CONFIG_COMMANDS = ("detect", "select", "watch", "train")  # the commands that read a Config
+CONFIG_COMMANDS = ("detect", "select", "watch", "train", "batch")  # these read a Config
 
 
 def _commands():
@@ -278,7 +278,7 @@ def test_every_config_flag_reaches_config(tmp_path):
         "max_duration_sec", "order", "voice_track", "game_track", "tracks",
         "allow_private_hosts", "shard_minutes"}
     positional = {"detect": ["in.mp4", "--out", "o"], "select": ["o"], "watch": ["http://x"],
-                  "train": ["--out", "m.pt"]}
+                  "train": ["--out", "m.pt"], "batch": ["in.mp4", "--out", "o"]}
     commands = _commands()
     for name, flags in table.items():
         actions = {a.option_strings[-1]: a for a in commands[name]._actions if a.option_strings}
