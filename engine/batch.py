@@ -40,8 +40,6 @@ log = logging.getLogger("highlightsense")
 BATCH_CSV, BATCH_JSON = "batch.csv", "batch.json"
 COLUMNS = ("input", "folder", "status", "duration_sec", "windows", "highlights", "wall_sec",
            "error")
-# What a finished folder must have been scored with to be skipped (highlights.json's keys).
-_SCORING_KEYS = ("scorer", "model", "separator", "voice_track", "game_track")
 
 
 def read_list(path: str) -> List[str]:
@@ -81,32 +79,53 @@ class Entry:
     highlights: Optional[int] = None
     wall_sec: Optional[float] = None
     error: str = ""
+    scoring: str = ""  # scoring_key of the settings it was scored with
 
 
-def finished(folder: Path, cfg: Config) -> Optional[dict]:
-    """The folder's highlights.json when it holds a finished run scored as `cfg` scores (same
-    scorer, model, separator, windows): that input is skipped. None otherwise."""
+def scoring_key(cfg: Config) -> str:
+    """A short hash of every setting that changes an input's scores (models by content): a
+    finished input is skipped only when it was scored with the same."""
+    from highlightsense.engine.files import content_identity
+
+    def file_or_name(value):
+        return content_identity(value) if value and Path(value).is_file() else value
+
+    what = {"window_sec": cfg.window_sec, "stride_sec": cfg.stride_sec,
+            "audio_stream": cfg.audio_stream, "voice_track": cfg.voice_track,
+            "game_track": cfg.game_track, "tracks": cfg.tracks,
+            "model": file_or_name(cfg.model),
+            "separator": file_or_name(cfg.separator) if cfg.model else None,
+            "exact_reference": cfg.exact_reference, "half": cfg.half,
+            "max_duration_sec": cfg.max_duration_sec}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def earlier_entries(out_dir: Path) -> Dict[str, dict]:
+    """The entries an earlier batch into out_dir recorded (batch.json), by folder; {} when
+    there is none or it is unreadable (then every input is scored again)."""
+    try:
+        inputs = json.loads((out_dir / BATCH_JSON).read_text())["inputs"]
+        return {e["folder"]: e for e in inputs if isinstance(e, dict) and "folder" in e}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def finished(folder: Path, earlier: Optional[dict], key: str) -> Optional[dict]:
+    """The folder's highlights.json when an earlier batch finished this input with the same
+    scoring settings (`key`) and the folder still holds that run complete; else None."""
     from highlightsense.engine.resume import RECORD_NAME
     from highlightsense.operators.sinks import tables
 
+    if not earlier or earlier.get("status") not in ("done", "skipped") \
+            or earlier.get("scoring") != key:
+        return None
     path = folder / tables.SUMMARY_JSON
     if not path.is_file() or (folder / RECORD_NAME).exists():
         return None
     try:
-        summary = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    settings = summary.get("settings", {})
-    if settings.get("window_sec") != cfg.window_sec or settings.get("stride_sec") != cfg.stride_sec:
-        return None
-    wanted = {"scorer": "loudness" if cfg.model is None else "crnn",
-              "model": cfg.model and str(Path(cfg.model).resolve())}
-    if any(summary.get(k) != v for k, v in wanted.items()):
-        return None
-    if cfg.model is not None and summary.get("separator") not in (cfg.separator, None) \
-            and summary.get("voice_track") is None:
-        return None
-    return summary
 
 
 class BatchProgress:
@@ -253,10 +272,20 @@ class ShardedInput:
         if not self.failed:
             self.failed = True
             self.finish(self.entry, None, str(error))
+            for owner in {handle for handle, _ in self.mapped.values()}:
+                self._release(owner)
         return str(error)
 
+    def _release(self, handle) -> None:
+        """The levels `handle` holds for this input, no longer wanted (a shard failed)."""
+        self.dispatcher.add(Step("release_shards", (self.plan, self.cfg),
+                                 lambda handle, future: None, handle=handle))
+
     def _mapped(self, handle, future: Future) -> None:
-        if self._error(future) or self.failed:
+        if self._error(future):
+            return
+        if self.failed:  # another shard failed: this one's levels are not wanted
+            self._release(handle)
             return
         result = future.result()
         self.mapped[result.index] = (handle, result)
@@ -319,6 +348,7 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
             continue  # the same input twice: once is enough
         seen.add(name)
         entries.append(Entry(source, name, duration_sec=_duration(source)))
+    key, earlier = scoring_key(cfg), earlier_entries(out_dir)
     settings = {"workers": len(pool.handles), "where": pool.where,
                 "shard_minutes": cfg.shard_minutes, "model": cfg.model,
                 "scorer": "loudness" if cfg.model is None else "crnn"}
@@ -338,7 +368,7 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
             except (HighlightSenseError, OSError) as e:
                 error = str(e)
         if error is None:
-            entry.status, entry.error = "done", ""
+            entry.status, entry.error, entry.scoring = "done", "", key
             entry.windows, entry.highlights = len(result.windows), result.highlights
             entry.wall_sec = round(result.wall_sec, 3)
             entry.duration_sec = result.info.get("duration_sec", entry.duration_sec)
@@ -356,9 +386,9 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
     local = pool.where == "local"
     for entry in entries:
         folder = out_dir / entry.folder
-        summary = None if restart else finished(folder, cfg)
+        summary = None if restart else finished(folder, earlier.get(entry.folder), key)
         if summary is not None:
-            entry.status, entry.windows = "skipped", summary.get("windows")
+            entry.status, entry.windows, entry.scoring = "skipped", summary.get("windows"), key
             entry.highlights = len(summary.get("highlights", []))
             entry.duration_sec = summary.get("duration_sec", entry.duration_sec)
             continue

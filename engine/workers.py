@@ -30,7 +30,7 @@ from highlightsense.operators.select import WindowScore
 
 log = logging.getLogger("highlightsense")
 
-TASKS = ("score_input", "map_shard", "reduce_shard", "pid")
+TASKS = ("score_input", "map_shard", "reduce_shard", "release_shards", "pid")
 
 
 class WorkerLost(HighlightSenseError):
@@ -122,6 +122,10 @@ class Worker:
 
     def reduce_shard(self, plan, cfg: Config, index: int, reference_db) -> List[WindowScore]:
         return self._runner(cfg).reduce(plan, cfg, index, reference_db)
+
+    def release_shards(self, plan, cfg: Config) -> None:
+        """Drops the levels held for a plan whose input failed elsewhere."""
+        self._runner(cfg).release(plan)
 
 
 def scratch_folder(key: str) -> Path:

@@ -95,6 +95,8 @@ def test_list_file_and_bad_arguments(media, tmp_path, capsys):
         assert main(["batch", *args, "--out", str(tmp_path / "x")]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and words in err and "\n" not in err
+    assert main(["detect", str(a), "--out", str(tmp_path / "x"), "--workers", "2"]) == 1
+    assert "--workers goes with --shard-minutes" in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("# nothing\n")
     assert main(["batch", "--list", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "x")]) == 1
     assert "names no inputs" in capsys.readouterr().err
@@ -125,7 +127,7 @@ def test_a_killed_worker_is_started_again_and_its_input_resumes(media, tmp_path)
     """SIGKILL the worker mid-input: the pool starts it again and sends the task again, which
     resumes from the progress record the dead worker left, to the uninterrupted scores."""
     root = tmp_path
-    v = SyntheticVod(300, seed=5, moments=[(100.0, 110.0)], music=[], bangs=[])
+    v = SyntheticVod(180, seed=5, moments=[(100.0, 110.0)], music=[], bangs=[])
     vod = write_media(root / "long.m4a", v.blocks())
     config = root / "often.yaml"
     config.write_text("progress_every_sec: 0.2\nclips: false\n")
