@@ -1,6 +1,8 @@
 """`batch --ray` on a real single-node Ray cluster, kept on loopback: started here (`ray start
 --head` on 127.0.0.1, 2 CPUs) once for the module and stopped at its end. Every connection a
-Ray process or this one makes while the cluster runs is checked to stay on 127.0.0.1."""
+Ray process or this one makes while the cluster runs is checked to stay on 127.0.0.1. The
+README's test command runs this module on its own after the rest (one cluster per test run, and
+no other test's processes competing with the cluster's for memory and cores)."""
 import json
 import os
 import re
@@ -30,9 +32,6 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 ray = pytest.importorskip("ray")  # highlightsense[ray]; CI installs it (.ci/run)
-
-# One cluster for the whole run: every Ray test in one xdist worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("ray")
 
 RAY = Path(sys.executable).with_name("ray")
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]|\[::ffff:127\.\d+\.\d+\.\d+\]|\*|0\.0\.0\.0"
@@ -93,10 +92,12 @@ def cluster():
     env = dict(os.environ, **LOOPBACK_ENV)
     watch = ConnectionWatch(temp_dir)
     watch.start()
+    # A session of its own: a signal to the test run's process group leaves the cluster be.
     started = subprocess.run(
         [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}"], env=env, capture_output=True, text=True, timeout=120)
+         "--object-store-memory=200000000", f"--temp-dir={temp_dir}"],
+        env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         yield f"127.0.0.1:{port}", watch
