@@ -248,7 +248,9 @@ def test_tracks_auto_picks_by_title_and_resume_holds_the_indexes(obs, models, wi
     record = json.loads((out / RECORD_NAME).read_text())
     scoring = record["fingerprint"]["scoring"]
     assert (scoring["voice_track"], scoring["game_track"]) == ("1", "2")  # not "auto"
-    assert 5 <= len(record["windows"]) < 16
+    # Mid-pass as a rule; on a loaded machine the first record with 5 windows can be the pass's
+    # last (all 16): the resume below must hold the indexes either way.
+    assert 5 <= len(record["windows"]) <= 16
 
     code = main(["detect", str(path), "--model", str(models[1]), "--device", "cpu", "--out",
                  str(out), "--voice-track", "2", "--game-track", "1", "--config",
