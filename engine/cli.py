@@ -544,8 +544,8 @@ def _batch(args) -> int:
             entries = run_batch(inputs, Path(args.out), cfg, pool, restart=args.restart,
                                 show_progress=not args.quiet)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: run the same command again to continue (finished inputs "
-                  f"are skipped, interrupted ones resume)", file=sys.stderr)
+            print("\ninterrupted: run the same command again to continue (finished inputs "
+                  "are skipped, interrupted ones resume)", file=sys.stderr)
             return EXIT_INTERRUPTED
     failed = [e for e in entries if e.status == "failed"]
     counts = {s: sum(e.status == s for e in entries) for s in ("done", "skipped", "failed")}
