@@ -126,7 +126,7 @@ def test_a_killed_worker_is_started_again_and_its_input_resumes(media, tmp_path)
     """SIGKILL the worker mid-input: the pool starts it again and sends the task again, which
     resumes from the progress record the dead worker left, to the uninterrupted scores."""
     root = tmp_path
-    v = SyntheticVod(180, seed=5, moments=[(100.0, 110.0)], music=[], bangs=[])
+    v = SyntheticVod(300, seed=5, moments=[(100.0, 110.0)], music=[], bangs=[])
     vod = write_media(root / "long.m4a", v.blocks())
     config = root / "often.yaml"
     config.write_text("progress_every_sec: 0.2\nclips: false\n")
@@ -138,7 +138,8 @@ def test_a_killed_worker_is_started_again_and_its_input_resumes(media, tmp_path)
             record = root / "out" / folder_name(str(vod)) / RECORD_NAME
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                if record.exists() and json.loads(record.read_text() or "{}").get("windows"):
+                data = json.loads(record.read_text() or "{}") if record.exists() else {}
+                if data.get("phase") == 1 and data.get("windows"):  # mid-way through scoring
                     killed.append(pool.handles[0].pid)
                     os.kill(pool.handles[0].pid, signal.SIGKILL)
                     return
