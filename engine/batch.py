@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -246,16 +247,13 @@ class Dispatcher:
 class ShardedInput:
     """One input in time shards over the workers (engine.shards): map every shard on any
     worker, then, on the model path, reduce each on the worker that mapped it (it holds the
-    shard's levels) under the whole VOD's reference, merge, and write the folder here."""
+    shard's levels) under the whole VOD's reference, and merge. `cfg`: checked for this input,
+    its tracks resolved (engine.detect does both; run_batch for each input)."""
 
     def __init__(self, entry: Entry, cfg: Config, dispatcher: Dispatcher,
                  finish: Callable[[Entry, Optional[InputResult], Optional[str]], None]):
-        from highlightsense.engine.detect import check_input
         from highlightsense.engine.shards import plan_shards
-        from highlightsense.operators.sources.tracks import resolve_tracks
 
-        check_input(entry.input, cfg)
-        cfg = resolve_tracks(entry.input, cfg)  # the streams every shard reads, chosen once
         self.entry, self.cfg, self.dispatcher, self.finish = entry, cfg, dispatcher, finish
         self.began = time.monotonic()
         self.plan = plan_shards(entry.input, cfg, cfg.shard_minutes)
@@ -316,8 +314,7 @@ class ShardedInput:
         windows, info = merge(self.plan, [r for _, r in self.mapped.values()],
                               self.rescored or None)
         info["wall_sec"] = time.monotonic() - self.began  # the shards ran at once
-        self.finish(self.entry, InputResult(windows, info, -1, time.monotonic() - self.began),
-                    None)
+        self.finish(self.entry, InputResult(windows, info, -1, info["wall_sec"]), None)
 
 
 def score_shards_on(pool, input_path: str, cfg: Config):
@@ -337,8 +334,9 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
               show_progress: bool = True) -> List[Entry]:
     """Every input into its folder under out_dir, on `pool`'s workers. Returns the entries
     (each done, skipped or failed); batch.csv and batch.json say the same."""
-    from highlightsense.engine.detect import prepare_out_dir, write_outputs
+    from highlightsense.engine.detect import check_input, prepare_out_dir, write_outputs
     from highlightsense.operators.sinks import tables
+    from highlightsense.operators.sources.tracks import resolve_tracks
 
     out_dir = prepare_out_dir(Path(out_dir))
     seen, entries = set(), []
@@ -347,7 +345,7 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
         if name in seen:
             continue  # the same input twice: once is enough
         seen.add(name)
-        entries.append(Entry(source, name, duration_sec=_duration(source)))
+        entries.append(Entry(source, name))
     key, earlier = scoring_key(cfg), earlier_entries(out_dir)
     settings = {"workers": len(pool.handles), "where": pool.where,
                 "shard_minutes": cfg.shard_minutes, "model": cfg.model,
@@ -361,9 +359,8 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
             try:
                 folder.mkdir(exist_ok=True)
                 (folder / tables.SUMMARY_JSON).unlink(missing_ok=True)
-                info = dict(result.info, source=result.info.get("source", entry.input))
                 with _warnings_only():  # as quiet as a worker's own detect is
-                    outcome = write_outputs(folder, result.windows, cfg, info)
+                    outcome = write_outputs(folder, result.windows, cfg, result.info)
                 result.highlights = len(outcome.highlights)
             except (HighlightSenseError, OSError) as e:
                 error = str(e)
@@ -390,12 +387,13 @@ def run_batch(inputs: Sequence[str], out_dir: Path, cfg: Config, pool, restart: 
         if summary is not None:
             entry.status, entry.windows, entry.scoring = "skipped", summary.get("windows"), key
             entry.highlights = len(summary.get("highlights", []))
-            entry.duration_sec = summary.get("duration_sec", entry.duration_sec)
+            entry.duration_sec = summary.get("duration_sec")
             continue
-        entry.status = "running"
+        entry.status, entry.duration_sec = "running", _duration(entry.input)
         if cfg.shard_minutes:
             try:
-                ShardedInput(entry, cfg, dispatcher, ended)
+                check_input(entry.input, cfg)
+                ShardedInput(entry, resolve_tracks(entry.input, cfg), dispatcher, ended)
             except HighlightSenseError as e:
                 ended(entry, None, str(e))
             continue
@@ -431,26 +429,14 @@ def open_pool(ray_address: Optional[str], workers: Optional[int], cfg: Config):
         from highlightsense.engine.ray_workers import RayWorkers
 
         return RayWorkers(ray_address or None, workers, cfg)
-    from highlightsense.engine.workers import LocalWorkers, default_workers
+    from highlightsense.engine.workers import LocalWorkers, size_workers, uses_gpus
 
-    gpus = _local_gpus(cfg)
-    count, threads = default_workers(gpus)
-    if workers:
-        count, threads = workers, max(1, (_cores() // workers))
+    gpus = 0
+    if uses_gpus(cfg):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    count, threads = size_workers(gpus, cores, workers)
     return LocalWorkers(count, threads, gpus)
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _local_gpus(cfg: Config) -> int:
-    """GPUs the workers can use: none when the scorer runs on the CPU (the loudness scorer,
-    --device cpu)."""
-    if cfg.model is None or cfg.device == "cpu":
-        return 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

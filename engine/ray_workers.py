@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 from highlightsense.engine.config import Config
 from highlightsense.engine.errors import HighlightSenseError
-from highlightsense.engine.workers import (WorkerLost, default_workers, limit_threads,
+from highlightsense.engine.workers import (WorkerLost, limit_threads, size_workers, uses_gpus,
                                            run_task, Worker)
 
 log = logging.getLogger("highlightsense")
@@ -163,11 +163,8 @@ class RayWorkers:
                                           f"{str(e).splitlines()[0]}") from None
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-        if cfg.model is None or cfg.device == "cpu":
-            gpus = 0  # the scorer will not use them
-        workers, threads = default_workers(gpus, cpus)
-        if count:
-            workers, threads = count, max(1, cpus // count)
+        gpus = gpus if uses_gpus(cfg) else 0
+        workers, threads = size_workers(gpus, cpus, count)
         actor = ray.remote(WorkerActor).options(
             num_cpus=min(threads, cpus / workers), num_gpus=(gpus / workers) if gpus else 0,
             max_restarts=RESTARTS, max_task_retries=RESTARTS,

@@ -61,13 +61,17 @@ class InputResult:
     wall_sec: float
 
 
-def default_workers(gpus: int, cores: Optional[int] = None) -> Tuple[int, int]:
-    """(workers, torch threads each): one per GPU where there are GPUs, else one per two cores
-    (a loudness detect alone keeps about 1.6 cores busy: decoding, resampling and features
-    overlap), with the cores split between them."""
-    cores = cores or os.cpu_count() or 1
-    workers = gpus if gpus else max(1, cores // 2)
+def size_workers(gpus: int, cores: int, count: Optional[int] = None) -> Tuple[int, int]:
+    """(workers, torch threads each): `count`, or by default one per GPU where there are GPUs,
+    else one per two cores (a loudness detect alone keeps about 1.6 cores busy: decoding,
+    resampling and features overlap); the cores split between them."""
+    workers = count or (gpus if gpus else max(1, cores // 2))
     return workers, max(1, cores // workers)
+
+
+def uses_gpus(cfg: Config) -> bool:
+    """Whether the scorer can run on a GPU: not the loudness scorer, not with --device cpu."""
+    return cfg.model is not None and cfg.device != "cpu"
 
 
 def scorer_key(cfg: Config) -> tuple:
@@ -227,10 +231,9 @@ class LocalWorker:
                     self._conn.send((task, args))
                     status, value = self._conn.recv()
                 except (EOFError, OSError, BrokenPipeError):
-                    code = self._process.exitcode if self._process else None
                     self._process.join(timeout=5)
                     log.warning("worker %s ended during %s (exit %s)%s", self.name, task,
-                                self._process.exitcode if code is None else code,
+                                self._process.exitcode,
                                 ": starting it again" if attempt < self.retries else "")
                     self._start()
                     continue
